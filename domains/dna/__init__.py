@@ -1,0 +1,1 @@
+"""DNA domain: Omni-DNA-style pretraining and multitask finetuning with task tokens."""
