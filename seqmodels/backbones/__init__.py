@@ -1,0 +1,8 @@
+"""Sequence mixers: each maps embeddings (B, L, d_model) to states of the same shape."""
+
+from .attention import AttentionSpec
+from .transformer import Transformer
+
+BACKBONES: dict[str, type] = {"transformer": Transformer}
+
+__all__ = ["BACKBONES", "AttentionSpec", "Transformer"]

@@ -1,0 +1,164 @@
+"""Pre-norm decoder (RMSNorm, RoPE, scaled_dot_product_attention) with a KV cache.
+
+The backbone maps embeddings (B, L, d_model) to states of the same shape; token
+embeddings, condition prefixes and heads live in `SeqLM`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionSpec
+
+
+def rope_tables(
+    head_dim: int, max_len: int, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) by position-dependent angles."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys and values per layer; `pos` is the number of cached positions."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_heads: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        shape = (batch, n_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.pos = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x, cos, sin, mask, is_causal: bool, cache: KVCache | None, layer: int):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.norm2 = nn.RMSNorm(d_model)
+        hidden = int(mlp_ratio * d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, hidden, bias=False),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden, d_model, bias=False),
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, cos, sin, mask, is_causal, cache, layer):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, is_causal, cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """Decoder stack; the attention mask (causal, prefix, bidirectional, custom) is per call."""
+
+    supports_cache = True
+
+    def __init__(
+        self,
+        d_model: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        max_len: int = 512,
+        dropout: float = 0.0,
+        mlp_ratio: float = 4.0,
+        rope_base: float = 10000.0,
+    ):
+        super().__init__()
+        self.n_heads, self.max_len = n_heads, max_len
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, mlp_ratio, dropout) for _ in range(n_layers)
+        )
+        self.norm = nn.RMSNorm(d_model)
+        cos, sin = rope_tables(d_model // n_heads, max_len, rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        hd = self.cos.shape[-1] * 2
+        return KVCache(len(self.blocks), batch, self.n_heads, self.max_len, hd, device, dtype)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        mask: str | AttentionSpec = "causal",
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        L = h.shape[1]
+        start = cache.pos if cache is not None else 0
+        if start + L > self.max_len:
+            raise ValueError(f"sequence of {start + L} positions exceeds max_len {self.max_len}")
+        cos, sin = self.cos[start : start + L], self.sin[start : start + L]
+        spec = AttentionSpec.of(mask)
+        if cache is not None:
+            # Incremental decoding is causal: new queries see every cached key and each other
+            # causally. A single new token needs no mask at all.
+            dense = None
+            if L > 1:
+                q = torch.arange(start, start + L, device=h.device)
+                dense = (torch.arange(start + L, device=h.device)[None, :] <= q[:, None])[
+                    None, None
+                ]
+        else:
+            dense = spec.dense(L, h.device)
+        # Without a dense mask SDPA's own causal kernel applies; a single cached query sees all.
+        is_causal = dense is None and cache is None and spec.kind == "causal"
+        for i, block in enumerate(self.blocks):
+            h = block(h, cos, sin, dense, is_causal, cache, i)
+        if cache is not None:
+            cache.pos += L
+        return self.norm(h)
