@@ -1,0 +1,103 @@
+"""SLICES round trip: encode -> decode -> StructureMatcher against the input.
+
+python bench/slices_roundtrip.py --data ../shared/data/crystals/mp20_mini.csv --limit 150
+
+The first --limit rows are the test rows; bond-length statistics are learned from the
+other rows of the same CSV (--table-from rest), from a saved table, or not at all (radii).
+Prints strict (ltol 0.2, stol 0.3, angle_tol 5) and loose (0.3, 0.5, 10) match rates over
+all test rows (a failure counts as a non-match), mean encode / decode seconds per structure
+on one thread, failures by reason; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # single thread, as the figures are quoted
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections import Counter  # noqa: E402
+
+from pymatgen.analysis.structure_matcher import StructureMatcher  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from domains.crystals.codec import decode, encode_info  # noqa: E402
+from domains.crystals.geometry import BondTable  # noqa: E402
+from domains.crystals.io import read_csv  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="MP-20-style CSV with a cif column")
+    ap.add_argument("--limit", type=int, default=150, help="test rows (the first N)")
+    ap.add_argument("--relax", choices=["none", "chgnet"], default="none")
+    ap.add_argument("--method", choices=["econnn", "crystalnn"], default="econnn")
+    ap.add_argument(
+        "--table-from", default="rest", help="'rest' (other rows), 'none' (radii) or a JSON"
+    )
+    ap.add_argument("--time-limit", type=float, default=10.0, help="seconds per decode")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+
+    records, skipped = read_csv(args.data)
+    test, rest = records[: args.limit], records[args.limit :]
+    if args.table_from == "rest":
+        table = BondTable.fit([r.structure for r in rest], args.method, progress=True)
+    elif args.table_from == "none":
+        table = BondTable()
+    else:
+        table = BondTable.load(args.table_from)
+
+    strict = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
+    loose = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
+    n_strict = n_loose = 0
+    t_enc = t_dec = t_relax = 0.0
+    failures: Counter[str] = Counter()
+    extended = supercells = 0
+    for rec in tqdm(test, desc="round trip"):
+        t0 = time.perf_counter()
+        try:
+            info = encode_info(rec.structure, args.method)
+        except ValueError as err:
+            t_enc += time.perf_counter() - t0
+            failures[f"encode: {err}"] += 1
+            continue
+        t_enc += time.perf_counter() - t0
+        extended += info.n_contacts > 0
+        supercells += info.supercell != (1, 1, 1)
+        res = decode(info.slices, table, args.time_limit, relax=args.relax)
+        t_dec += res.seconds - res.info.get("relax_seconds", 0.0)
+        t_relax += res.info.get("relax_seconds", 0.0)
+        if not res.ok:
+            failures[res.reason.split(":")[0]] += 1
+            continue
+        n_strict += bool(strict.fit(rec.structure, res.structure))
+        n_loose += bool(loose.fit(rec.structure, res.structure))
+    n = len(test)
+    out = {
+        "data": str(args.data),
+        "rows": n,
+        "skipped_rows": len(skipped),
+        "method": args.method,
+        "relax": args.relax,
+        "table_from": args.table_from,
+        "strict_match": round(n_strict / n, 4),
+        "loose_match": round(n_loose / n, 4),
+        "encode_s": round(t_enc / n, 4),
+        "decode_s": round(t_dec / n, 4),
+        "relax_s": round(t_relax / n, 4),
+        "failures": dict(failures),
+        "extended_non_3_periodic": extended,
+        "supercell_for_long_bonds": supercells,
+    }
+    print(f"strict {out['strict_match']:.1%}  loose {out['loose_match']:.1%}  "
+          f"encode {out['encode_s']} s  decode {out['decode_s']} s  failures {dict(failures)}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

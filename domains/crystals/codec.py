@@ -1,0 +1,124 @@
+"""SLICES codec: Structure -> canonical SLICES string -> Structure."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from pymatgen.core import Structure
+
+from domains.crystals.canonical import canonicalize
+from domains.crystals.geometry import BondTable, DecodeTimeout, FitOptions, embed
+from domains.crystals.neighbors import bond_graph
+from domains.crystals.slices import SlicesError, SlicesGraph, check, parse
+
+MAX_SUPERCELL = 4
+
+
+@dataclass
+class EncodeInfo:
+    slices: str
+    n_contacts: int = 0  # contacts added because the bond graph was not 3-periodic
+    supercell: tuple[int, int, int] = (1, 1, 1)  # used when a bond spanned > 1 cell
+    exact_canonical: bool = True
+
+
+@dataclass
+class DecodeResult:
+    structure: Structure | None
+    reason: str = "ok"
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.structure is not None
+
+
+def wrapped(structure: Structure) -> Structure:
+    """An ordered copy with fractional coordinates in [0, 1): offsets are relative to it."""
+    if not structure.is_ordered:
+        raise ValueError("disordered structure: SLICES needs one element per site")
+    f = structure.frac_coords
+    f = f - np.floor(f + 1e-9)
+    f[f < 0] = 0.0
+    return Structure(structure.lattice, [s.specie.symbol for s in structure], f)
+
+
+def encode_info(structure: Structure, method: str = "econnn") -> EncodeInfo:
+    """Encode with details on what had to be extended (contacts, supercell)."""
+    s = wrapped(structure)
+    scale = np.ones(3, dtype=int)
+    while True:
+        bonds = bond_graph(s, method)
+        span = np.abs(bonds.edges[:, 2:]).max(axis=0) if len(bonds.edges) else np.zeros(3)
+        if (span <= 1).all():
+            break
+        # a bond longer than one cell along an axis: enlarge the cell along it, never clamp
+        grow = np.where(span > 1, span, 1).astype(int)
+        scale *= grow
+        if scale.max() > MAX_SUPERCELL:
+            raise ValueError(f"bond offsets up to {span.max()} cells even in a {scale} supercell")
+        s = wrapped(s * grow.tolist())
+    graph, exact = canonicalize(SlicesGraph(tuple(x.specie.symbol for x in s), bonds.edges))
+    return EncodeInfo(graph.to_string(), bonds.n_contacts, tuple(scale.tolist()), exact)
+
+
+def encode(structure: Structure, method: str = "econnn") -> str:
+    """The canonical SLICES string of an ordered structure."""
+    return encode_info(structure, method).slices
+
+
+def canonical(text: str) -> str:
+    """The canonical form of any SLICES string (re-labels sites, sorts and orients edges)."""
+    return canonicalize(parse(text))[0].to_string()
+
+
+@functools.cache
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def single_thread_blas():
+    """BLAS threads only slow the many tiny fits down (x4 on a busy 2-core machine)."""
+    try:
+        return _blas().limit(limits=1, user_api="blas")
+    except ImportError:
+        return contextlib.nullcontext()
+
+
+def decode(
+    text: str,
+    table: BondTable | None = None,
+    time_limit: float = 10.0,
+    relax: str = "none",
+    options: FitOptions | None = None,
+) -> DecodeResult:
+    """Rebuild a Structure; a failure returns its reason instead of raising."""
+    t0 = time.perf_counter()
+    try:
+        graph = parse(text)
+        ok, reason = check(graph)
+        if not ok:
+            return DecodeResult(None, reason, time.perf_counter() - t0)
+        with single_thread_blas():
+            structure = embed(graph, table or BondTable(), time_limit, options)
+        info = {}
+        if relax == "chgnet":
+            from domains.crystals.relax import chgnet_relax
+
+            structure, info = chgnet_relax(structure)
+        elif relax != "none":
+            raise ValueError(f"unknown relax {relax!r}: use none or chgnet")
+    except SlicesError as err:
+        return DecodeResult(None, str(err), time.perf_counter() - t0)
+    except DecodeTimeout:
+        return DecodeResult(None, f"time limit of {time_limit} s reached", time.perf_counter() - t0)
+    except (ValueError, np.linalg.LinAlgError) as err:
+        return DecodeResult(None, f"geometry failed: {err}", time.perf_counter() - t0)
+    return DecodeResult(structure, "ok", time.perf_counter() - t0, info)

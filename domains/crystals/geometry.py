@@ -1,0 +1,378 @@
+"""From a SLICES graph to coordinates: barycentric placement, metric fit, scipy refinement.
+
+Edge offsets are in the crystal's own lattice basis, so the barycentric placement is solved
+directly in fractional coordinates (a Laplacian system with one site fixed), every bond
+length is then linear in the metric tensor G (d^2 = D^T G D), which gives the lattice by
+linear least squares, and a L-BFGS fit of bond lengths, non-bonded repulsion and bond
+angles (all targets learned per element pair / centre from training structures, with
+element radii as the fallback) finishes the geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+from pymatgen.core.periodic_table import Element
+from scipy.optimize import minimize
+
+from domains.crystals.slices import SlicesGraph
+
+
+class DecodeTimeout(RuntimeError):
+    """The per-structure time limit was reached."""
+
+
+def _radius(symbol: str) -> float:
+    el = Element(symbol)
+    r = el.atomic_radius or el.atomic_radius_calculated or 1.5
+    return float(r)
+
+
+def _pair(a: str, b: str) -> str:
+    return "-".join(sorted((a, b)))
+
+
+@dataclass
+class BondTable:
+    """Geometry targets learned from training structures; element radii where unseen."""
+
+    bond: dict[str, float] = field(default_factory=dict)  # "A-B" -> median bond length
+    bond_cn: dict[str, float] = field(default_factory=dict)  # "A:cn-B:cn" -> median
+    nonbond: dict[str, float] = field(default_factory=dict)  # "A-B" -> low quantile of contacts
+    angles: dict[str, list[float]] = field(default_factory=dict)  # "C:cn" / "*:cn" -> cos modes
+
+    def bond_length(self, a: str, cna: int, b: str, cnb: int) -> float:
+        key = "-".join(sorted((f"{a}:{cna}", f"{b}:{cnb}")))
+        if key in self.bond_cn:
+            return self.bond_cn[key]
+        return self.bond.get(_pair(a, b), _radius(a) + _radius(b))
+
+    def min_distance(self, a: str, b: str) -> float:
+        if _pair(a, b) in self.nonbond:
+            return self.nonbond[_pair(a, b)]
+        return 1.1 * self.bond.get(_pair(a, b), _radius(a) + _radius(b))
+
+    def angle_modes(self, centre: str, cn: int) -> list[float]:
+        return self.angles.get(f"{centre}:{cn}") or self.angles.get(f"*:{cn}", [])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.__dict__, indent=0, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> BondTable:
+        return cls(**json.loads(Path(path).read_text()))
+
+    @classmethod
+    def fit(cls, structures, method: str = "econnn", progress: bool = False) -> BondTable:
+        """Learn bond lengths, contact distances and angle modes from structures' bond graphs."""
+        from domains.crystals.codec import wrapped
+        from domains.crystals.neighbors import bond_graph
+
+        bond, bond_cn, nonbond = defaultdict(list), defaultdict(list), defaultdict(list)
+        ang, ang_cn = defaultdict(list), defaultdict(list)
+        it = structures
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(structures, desc="learning bond table")
+        for s in it:
+            s = wrapped(s)
+            edges = bond_graph(s, method).edges
+            if len(edges) == 0:
+                continue
+            sp = [site.specie.symbol for site in s]
+            deg = np.bincount(edges[:, :2].ravel(), minlength=len(s))
+            f, m = s.frac_coords, s.lattice.matrix
+            vec = (f[edges[:, 1]] + edges[:, 2:] - f[edges[:, 0]]) @ m
+            lengths = np.linalg.norm(vec, axis=1)
+            for (i, j), d in zip(edges[:, :2].tolist(), lengths.tolist()):
+                bond[_pair(sp[i], sp[j])].append(d)
+                key = "-".join(sorted((f"{sp[i]}:{deg[i]}", f"{sp[j]}:{deg[j]}")))
+                bond_cn[key].append(d)
+            _collect_contacts(s, edges, sp, nonbond)
+            for k, cos in _angles(len(s), edges, vec):
+                ang[f"{sp[k]}:{deg[k]}"].append(cos)
+                ang_cn[f"*:{deg[k]}"].append(cos)
+        table = cls(
+            bond={k: float(np.median(v)) for k, v in bond.items()},
+            bond_cn={k: float(np.median(v)) for k, v in bond_cn.items() if len(v) >= 3},
+            nonbond={k: float(np.quantile(v, 0.05)) for k, v in nonbond.items() if len(v) >= 3},
+        )
+        for src in (ang, ang_cn):
+            for k, v in src.items():
+                if len(v) >= 6:
+                    table.angles[k] = _modes(np.asarray(v))
+        return table
+
+
+def _collect_contacts(s: Structure, edges: np.ndarray, sp: list[str], out) -> None:
+    """Shortest non-bonded distance per element pair and site pair in one structure."""
+    ci, pi, img, dist = s.get_neighbor_list(5.0, exclude_self=True)
+    bonded = {(i, j, *t) for i, j, *t in edges.tolist()}
+    bonded |= {(j, i, -t[0], -t[1], -t[2]) for i, j, *t in edges.tolist()}
+    img = np.rint(img).astype(int)
+    best: dict[tuple[int, int], float] = {}
+    for i, j, t, d in zip(ci.tolist(), pi.tolist(), img.tolist(), dist.tolist()):
+        if (i, j, *t) in bonded or i > j:
+            continue
+        if d < best.get((i, j), np.inf):
+            best[(i, j)] = d
+    for (i, j), d in best.items():
+        out[_pair(sp[i], sp[j])].append(d)
+
+
+def _angles(n: int, edges: np.ndarray, vec: np.ndarray):
+    """(centre, cos) for every pair of bonds at each site; vec are cartesian edge vectors."""
+    inc: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for e, (i, j) in enumerate(edges[:, :2].tolist()):
+        inc[i].append(vec[e])
+        inc[j].append(-vec[e])
+    for k in range(n):
+        if len(inc[k]) < 2:
+            continue
+        u = np.asarray(inc[k])
+        u = u / np.linalg.norm(u, axis=1, keepdims=True)
+        c = u @ u.T
+        iu = np.triu_indices(len(u), 1)
+        for cos in c[iu].tolist():
+            yield k, cos
+
+
+def _modes(cos: np.ndarray, bin_deg: float = 2.0, sigma_deg: float = 4.0) -> list[float]:
+    """Peaks of the smoothed angle histogram holding >= 5% of the angles, as cosines."""
+    ang = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    edges = np.arange(0, 180 + bin_deg, bin_deg)
+    h, _ = np.histogram(ang, edges)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    kern = np.exp(-0.5 * ((centres[:, None] - centres[None, :]) / sigma_deg) ** 2)
+    sm = kern @ h
+    peaks = [
+        k
+        for k in range(len(sm))
+        if sm[k] > 0 and sm[k] >= sm[max(k - 1, 0)] and sm[k] >= sm[min(k + 1, len(sm) - 1)]
+    ]
+    out = []
+    for k in peaks:
+        mass = h[np.abs(centres - centres[k]) <= 2 * sigma_deg].sum() / len(ang)
+        if mass >= 0.05:
+            out.append(float(np.cos(np.radians(centres[k]))))
+    return out
+
+
+# ---------------------------------------------------------------- placement and fitting
+
+
+def barycentric(g: SlicesGraph) -> np.ndarray:
+    """Fractional coordinates minimising sum |x_j + t_ij - x_i|^2 with site 0 at the origin."""
+    n = g.n_sites
+    lap = np.zeros((n, n))
+    rhs = np.zeros((n, 3))
+    i, j, t = g.edges[:, 0], g.edges[:, 1], g.edges[:, 2:].astype(float)
+    np.add.at(lap, (i, i), 1.0)
+    np.add.at(lap, (j, j), 1.0)
+    np.add.at(lap, (i, j), -1.0)
+    np.add.at(lap, (j, i), -1.0)
+    # d/dx_i of |x_j + t - x_i|^2 gives L x = b with b_i -= t, b_j += t
+    np.add.at(rhs, i, -t)
+    np.add.at(rhs, j, t)
+    x = np.zeros((n, 3))
+    if n > 1:
+        x[1:] = np.linalg.solve(lap[1:, 1:], rhs[1:])
+    return x
+
+
+def metric_lattice(x: np.ndarray, g: SlicesGraph, targets: np.ndarray) -> np.ndarray:
+    """Lattice rows from the metric tensor fitted by linear least squares to bond lengths."""
+    d = x[g.edges[:, 1]] + g.edges[:, 2:] - x[g.edges[:, 0]]
+    a = np.stack(
+        [d[:, 0] ** 2, d[:, 1] ** 2, d[:, 2] ** 2, 2 * d[:, 0] * d[:, 1],
+         2 * d[:, 0] * d[:, 2], 2 * d[:, 1] * d[:, 2]],
+        axis=1,
+    )  # fmt: skip
+    w = 1.0 / targets**2  # relative errors
+    sol = np.linalg.lstsq(a * w[:, None], targets**2 * w, rcond=None)[0]
+    gmat = np.array(
+        [[sol[0], sol[3], sol[4]], [sol[3], sol[1], sol[5]], [sol[4], sol[5], sol[2]]]
+    )
+    vals, vecs = np.linalg.eigh(gmat)
+    floor = max(vals.max(), np.mean(targets) ** 2) * 0.05  # keep G positive definite
+    vals = np.maximum(vals, floor)
+    gmat = (vecs * vals) @ vecs.T
+    return np.linalg.cholesky(gmat)
+
+
+def _scatter(idx: np.ndarray, vals: np.ndarray, n: int) -> np.ndarray:
+    return np.stack([np.bincount(idx, vals[:, k], minlength=n) for k in range(3)], axis=1)
+
+
+@dataclass
+class _Terms:
+    n: int
+    pi: np.ndarray  # pair terms: i, j, offsets, target, weight, one-sided flag
+    pj: np.ndarray
+    pt: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray
+    one_sided: np.ndarray
+    ak: np.ndarray  # angle terms: centre, ends and their offsets, candidate cosines
+    aa: np.ndarray
+    ta: np.ndarray
+    ab: np.ndarray
+    tb: np.ndarray
+    modes: np.ndarray  # (A, K) with nan padding
+    w_angle: float
+    deadline: float
+
+
+def _energy(p: np.ndarray, tm: _Terms) -> tuple[float, np.ndarray]:
+    if time.perf_counter() > tm.deadline:
+        raise DecodeTimeout("decode time limit reached")
+    n = tm.n
+    x = p[: 3 * n].reshape(n, 3)
+    m = p[3 * n :].reshape(3, 3)
+    gx = np.zeros((n, 3))
+    d_pair = x[tm.pj] + tm.pt - x[tm.pi]
+    v = d_pair @ m
+    dist = np.sqrt((v * v).sum(1) + 1e-12)
+    r = (dist - tm.target) / tm.target
+    r = np.where(tm.one_sided, np.minimum(r, 0.0), r)
+    e = float((tm.weight * r * r).sum())
+    gv = (2 * tm.weight * r / tm.target / dist)[:, None] * v
+    gd = gv @ m.T
+    gx += _scatter(tm.pj, gd, n) - _scatter(tm.pi, gd, n)
+    gm = d_pair.T @ gv
+    if len(tm.ak):
+        d1 = x[tm.aa] + tm.ta - x[tm.ak]
+        d2 = x[tm.ab] + tm.tb - x[tm.ak]
+        u, w = d1 @ m, d2 @ m
+        nu = np.sqrt((u * u).sum(1) + 1e-12)
+        nw = np.sqrt((w * w).sum(1) + 1e-12)
+        cos = (u * w).sum(1) / (nu * nw)
+        diff = cos[:, None] - tm.modes
+        k = np.nanargmin(np.abs(diff), axis=1)
+        r = diff[np.arange(len(cos)), k]
+        e += tm.w_angle * float((r * r).sum())
+        gc = 2 * tm.w_angle * r
+        gu = gc[:, None] * (w / (nu * nw)[:, None] - cos[:, None] * u / (nu * nu)[:, None])
+        gw = gc[:, None] * (u / (nu * nw)[:, None] - cos[:, None] * w / (nw * nw)[:, None])
+        g1, g2 = gu @ m.T, gw @ m.T
+        gx += _scatter(tm.aa, g1, n) + _scatter(tm.ab, g2, n) - _scatter(tm.ak, g1 + g2, n)
+        gm += d1.T @ gu + d2.T @ gw
+    return e, np.concatenate([gx.ravel(), gm.ravel()])
+
+
+def _contacts(x, m, g: SlicesGraph, rmin: np.ndarray, scale: float = 1.3):
+    """Non-bonded (i, j, image) pairs closer than scale * their minimum distance."""
+    n = g.n_sites
+    xw = x - np.floor(x)
+    shift = x - xw  # keep offsets relative to the unwrapped coordinates
+    vol = abs(np.linalg.det(m))
+    spacing = vol / np.linalg.norm(np.cross(m[[1, 2, 0]], m[[2, 0, 1]]), axis=1)
+    reach = np.minimum(np.ceil(scale * rmin.max() / spacing).astype(int), 3)
+    rng = [np.arange(-r, r + 1) for r in reach]
+    imgs = np.stack(np.meshgrid(*rng, indexing="ij"), -1).reshape(-1, 3)
+    ii, jj = np.triu_indices(n)
+    d = xw[jj][:, None, :] + imgs[None] - xw[ii][:, None, :]
+    dist = np.linalg.norm(d @ m, axis=2)
+    cut = scale * rmin[ii, jj][:, None]
+    pi_, ki = np.nonzero(dist < cut)
+    i, j, t = ii[pi_], jj[pi_], imgs[ki]
+    # back to the unwrapped frame: x_j + t' - x_i == xw_j + t - xw_i
+    t = t - shift[j] + shift[i]
+    keep = ~((i == j) & ~t.any(1))
+    i, j, t = i[keep], j[keep], t[keep]
+    bonded = {(a, b, *o) for a, b, *o in g.edges.tolist()}
+    bonded |= {(b, a, -o[0], -o[1], -o[2]) for a, b, *o in g.edges.tolist()}
+    mask = np.array([(a, b, *o) not in bonded for a, b, o in zip(i, j, t.tolist())], bool)
+    # a self pair (i, i, t) also appears as (i, i, -t): keep one orientation
+    self_dup = (i == j) & (np.array([tuple(o) < (0, 0, 0) for o in t.tolist()], bool))
+    mask &= ~self_dup
+    return i[mask], j[mask], t[mask].astype(float), rmin[i[mask], j[mask]]
+
+
+def _angle_terms(g: SlicesGraph, table: BondTable, deg: np.ndarray):
+    inc: list[list[tuple[int, tuple]]] = [[] for _ in range(g.n_sites)]
+    for i, j, *t in g.edges.tolist():
+        inc[i].append((j, tuple(t)))
+        inc[j].append((i, (-t[0], -t[1], -t[2])))
+    rows, modes = [], []
+    for k, nb in enumerate(inc):
+        mk = table.angle_modes(g.species[k], int(deg[k]))
+        if not mk or len(nb) < 2:
+            continue
+        for p in range(len(nb)):
+            for q in range(p + 1, len(nb)):
+                rows.append((k, nb[p][0], *nb[p][1], nb[q][0], *nb[q][1]))
+                modes.append(mk)
+    if not rows:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, np.zeros((0, 3)), z, np.zeros((0, 3)), np.zeros((0, 1))
+    r = np.array(rows, dtype=np.int64)
+    k = max(len(mm) for mm in modes)
+    mat = np.full((len(modes), k), np.nan)
+    for a, mm in enumerate(modes):
+        mat[a, : len(mm)] = mm
+    return r[:, 0], r[:, 1], r[:, 2:5].astype(float), r[:, 5], r[:, 6:9].astype(float), mat
+
+
+@dataclass
+class FitOptions:
+    w_repulsion: float = 1.0
+    w_angle: float = 0.05
+    rounds: int = 3
+    maxiter: int = 150
+    jitter: float = 0.02
+    seed: int = 0
+
+
+def embed(
+    g: SlicesGraph,
+    table: BondTable,
+    time_limit: float = 10.0,
+    options: FitOptions | None = None,
+) -> Structure:
+    """Coordinates and lattice for a valid SLICES graph (check() it first)."""
+    opt = options or FitOptions()
+    deadline = time.perf_counter() + time_limit
+    n = g.n_sites
+    deg = g.degrees()
+    sp = g.species
+    targets = np.array(
+        [table.bond_length(sp[i], deg[i], sp[j], deg[j]) for i, j in g.edges[:, :2].tolist()]
+    )
+    x = barycentric(g)
+    m = metric_lattice(x, g, targets)
+    rng = np.random.default_rng(opt.seed)
+    x = x + rng.normal(scale=opt.jitter, size=x.shape)  # breaks coincident placements
+    rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
+    ak, aa, ta, ab, tb, modes = _angle_terms(g, table, deg)
+    p = np.concatenate([x.ravel(), m.ravel()])
+    for rnd in range(opt.rounds):
+        ci, cj, ct, cr = _contacts(x, m, g, rmin)
+        tm = _Terms(
+            n=n,
+            pi=np.concatenate([g.edges[:, 0], ci]),
+            pj=np.concatenate([g.edges[:, 1], cj]),
+            pt=np.concatenate([g.edges[:, 2:].astype(float), ct]),
+            target=np.concatenate([targets, cr]),
+            weight=np.concatenate([np.ones(len(targets)), np.full(len(cr), opt.w_repulsion)]),
+            one_sided=np.concatenate([np.zeros(len(targets), bool), np.ones(len(cr), bool)]),
+            ak=ak, aa=aa, ta=ta, ab=ab, tb=tb, modes=modes,
+            w_angle=opt.w_angle if rnd > 0 else 0.0,
+            deadline=deadline,
+        )  # fmt: skip
+        res = minimize(
+            _energy, p, args=(tm,), jac=True, method="L-BFGS-B",
+            options={"maxiter": opt.maxiter, "gtol": 1e-7},
+        )  # fmt: skip
+        p = res.x
+        x, m = p[: 3 * n].reshape(n, 3), p[3 * n :].reshape(3, 3)
+    if abs(np.linalg.det(m)) < 1e-3 or not np.isfinite(p).all():
+        raise ValueError("geometry fit collapsed the cell")
+    return Structure(Lattice(m), list(sp), x - np.floor(x))
