@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from itertools import product
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -240,3 +241,39 @@ def build_tokenizer(
             raise ValueError("BPE tokenizer needs train_sequences to learn merges")
         return BPETokenizer.train(train_sequences, vocab_size, policy)
     raise ValueError(f"unknown DNA tokenizer {kind!r}; expected char, kmer or bpe")
+
+
+def tokenizer_from_vocab(
+    tokens: Sequence[str], tokenizer_file: str | Path | None = None
+) -> DNATokenizer:
+    """The tokenizer a checkpoint's vocabulary was built with.
+
+    Char and k-mer vocabularies are recognised from their tokens (task and label tokens
+    appended later are ignored); BPE merges are not in the vocabulary, so BPE needs the
+    `tokenizer.json` the datamodule wrote.
+    """
+    if tokenizer_file is not None:
+        return load_tokenizer(tokenizer_file)
+    tokens = list(tokens)
+    n = len(SPECIALS)
+    if tokens[n : n + 5] == list(BASES):
+        return SingleNucleotideTokenizer()
+    first = tokens[n] if len(tokens) > n else ""
+    k = len(first)
+    if 2 <= k <= 8 and first == "A" * k and tokens[n + 4**k - 1] == "T" * k:
+        return KmerTokenizer(k)
+    raise ValueError(
+        "cannot tell the tokenizer from the vocabulary (BPE?): pass the tokenizer.json file"
+    )
+
+
+def save_tokenizer(tok: DNATokenizer, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(tok.to_dict()))
+
+
+def load_tokenizer(path: str | Path) -> DNATokenizer:
+    try:
+        return tokenizer_from_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path}: not a DNA tokenizer file ({err})") from err

@@ -1,0 +1,313 @@
+"""DNA datamodules on the core TokenDataModule.
+
+`DNAPretrainDataModule`: windows of sequence files (or the synthetic set) as
+`<bos> bases <eos>` for next-token (or any core objective), with reverse-complement copies
+of the training windows. `DNATaskDataModule`: labelled tasks, either Omni-DNA style
+(`<bos> <task:T> bases <sep> <label:y>*r <eos>`, loss only on the label tokens) or for
+classification heads (`task`/`label` fields for the core FinetuneModule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domains.dna.alphabet import BasePolicy
+from domains.dna.readers import ReadReport, read_records, windows
+from domains.dna.synthetic import SYNTHETIC_TASKS, synthetic_examples
+from domains.dna.tasks import PROMOTER_TASKS, LabelledTask, load_task
+from domains.dna.tokenizers import (
+    BOS,
+    EOS,
+    SEP,
+    DNATokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_from_vocab,
+)
+from seqmodels.checkpoint import load_checkpoint
+from seqmodels.data import TokenDataModule
+from seqmodels.paths import data_path
+from seqmodels.vocab import Vocab
+
+TASK_PRESETS: dict[str, list[dict[str, Any]]] = {
+    "promoters": PROMOTER_TASKS,
+    "synthetic": [{"name": t, "synthetic": t, "n": 400, "length": 100} for t in SYNTHETIC_TASKS],
+}
+
+
+def task_token(name: str) -> str:
+    return f"<task:{name}>"
+
+
+def label_token(label: str) -> str:
+    return f"<label:{label}>"
+
+
+def resolve_tasks(tasks: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A preset name ('promoters', 'synthetic') or explicit task specs."""
+    if isinstance(tasks, str):
+        if tasks not in TASK_PRESETS:
+            raise ValueError(f"unknown task preset {tasks!r}; have {sorted(TASK_PRESETS)}")
+        return TASK_PRESETS[tasks]
+    return list(tasks)
+
+
+def _data_dir(data_dir: str | None) -> Path | None:
+    return Path(data_dir) if data_dir else data_path("dna")
+
+
+def load_tasks(
+    tasks: str | list[dict[str, Any]],
+    data_dir: str | None = None,
+    policy: BasePolicy | None = None,
+    seed: int = 0,
+    max_per_label: int | None = None,
+    only: Sequence[str] | None = None,
+) -> list[LabelledTask]:
+    specs = resolve_tasks(tasks)
+    if only:
+        unknown = set(only) - {s["name"] for s in specs}
+        if unknown:
+            raise ValueError(
+                f"unknown task(s) {sorted(unknown)}; have {[s['name'] for s in specs]}"
+            )
+        specs = [s for s in specs if s["name"] in only]
+    return [
+        load_task(s, _data_dir(data_dir), policy or BasePolicy(), seed, max_per_label=max_per_label)
+        for s in specs
+    ]
+
+
+def _policy(ambiguous: str, lowercase: str) -> BasePolicy:
+    return BasePolicy(ambiguous=ambiguous, lowercase=lowercase)
+
+
+class _DNAData(TokenDataModule):
+    """Shared tokenizer handling: build (or train BPE and save it), or read a checkpoint's."""
+
+    def __init__(
+        self,
+        tokenizer: str = "char",
+        k: int = 6,
+        bpe_vocab_size: int = 4096,
+        tokenizer_file: str | None = None,
+        ambiguous: str = "n",
+        lowercase: str = "upper",
+        torch_threads: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if torch_threads:
+            # The core has no thread setting; on a small shared CPU, oversubscribed intra-op
+            # threads made training ~10x slower than one thread (measured), so recipes set 1.
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.tokenizer_kind, self.k, self.bpe_vocab_size = tokenizer, k, bpe_vocab_size
+        self.tokenizer_file = tokenizer_file
+        self.policy = _policy(ambiguous, lowercase)
+        self.tokenizer: DNATokenizer | None = None
+
+    def _make_tokenizer(self, train_seqs: Sequence[str]) -> DNATokenizer:
+        if self.tokenizer_file and Path(self.tokenizer_file).is_file():
+            return load_tokenizer(self.tokenizer_file)
+        tok = build_tokenizer(
+            self.tokenizer_kind, self.k, self.bpe_vocab_size, self.policy, train_seqs
+        )
+        if self.tokenizer_file:
+            save_tokenizer(tok, self.tokenizer_file)
+        return tok
+
+
+class DNAPretrainDataModule(_DNAData):
+    """Pretraining windows.
+
+    sources: sequence files (FASTA/FASTQ/GenBank/CSV, .gz or not; relative paths against the
+        shared `dna/` folder) and/or "synthetic".
+    tasks: task specs or a preset whose *training-split* sequences are added, while their
+        val/test sequences are kept out of pretraining (no leakage into finetuning tests).
+    window / stride: records longer than `window` bases are cut (stride default = window).
+    rc_augment: add the reverse complement of every training window.
+    """
+
+    def __init__(
+        self,
+        sources: list[str] | None = None,
+        tasks: str | list[dict[str, Any]] | None = None,
+        data_dir: str | None = None,
+        window: int = 256,
+        stride: int | None = None,
+        rc_augment: bool = True,
+        max_sequences: int | None = None,
+        task_seed: int = 0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.sources, self.tasks, self.data_dir = sources or [], tasks, data_dir
+        self.window, self.stride, self.rc_augment = window, stride, rc_augment
+        self.max_sequences, self.task_seed = max_sequences, task_seed
+        self.read_errors: list[str] = []
+
+    def _sequences(self) -> tuple[list[str], set[str]]:
+        seqs: list[str] = []
+        held_out: set[str] = set()
+        for task in (
+            load_tasks(self.tasks, self.data_dir, self.policy, self.task_seed) if self.tasks else []
+        ):
+            train, _ = task.subset("train")
+            seqs += train
+            held_out |= {s for s, sp in zip(task.seqs, task.split) if sp != "train"}
+        for src in self.sources:
+            if src == "synthetic":
+                seqs += [e.seq for e in synthetic_examples(seed=self.seed)]
+                continue
+            path = Path(src)
+            if not path.is_absolute() and _data_dir(self.data_dir) is not None:
+                path = _data_dir(self.data_dir) / path
+            report = ReadReport()
+            seqs += [
+                r.seq
+                for r in read_records(path, policy=self.policy, on_error="skip", report=report)
+            ]
+            self.read_errors += report.errors
+        if not seqs:
+            raise ValueError("DNAPretrainDataModule: no sequences (give sources and/or tasks)")
+        return seqs, held_out
+
+    def build(self) -> list[dict]:
+        seqs, held_out = self._sequences()
+        seen: set[str] = set()
+        wins: list[str] = []
+        for s in seqs:
+            for w in windows(s, self.window, self.stride, min_len=8):
+                if w not in seen and w not in held_out:
+                    seen.add(w)
+                    wins.append(w)
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(wins))
+        if self.max_sequences:
+            order = order[: self.max_sequences]
+        wins = [wins[i] for i in order]
+        n_val = round(len(wins) * self.val_fraction)
+        n_test = round(len(wins) * self.test_fraction)
+        self.tokenizer = self._make_tokenizer(wins[n_val + n_test :])
+        self.vocab = self.tokenizer.vocab()
+        examples = []
+        for i, ids in enumerate(self.tokenizer.encode_batch(wins)):
+            split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+            examples.append({"ids": [BOS, *ids.tolist(), EOS], "split": split})
+            if self.rc_augment and split == "train":
+                rc = self.tokenizer.reverse_complement_ids(ids)
+                examples.append({"ids": [BOS, *rc.tolist(), EOS], "split": "train"})
+        return examples
+
+    def n_bases(self, split: str) -> int:
+        """Bases in a split (for bits per base), counted from the decoded windows."""
+        self._ensure()
+        return sum(len(self.tokenizer.decode(e["ids"])) for e in self.splits[split])
+
+
+class DNATaskDataModule(_DNAData):
+    """Labelled tasks for finetuning.
+
+    mode "omni": one `<task:NAME>` token per task and one `<label:Y>` token per label are
+        appended to the vocabulary (existing ids unchanged, so a pretrained model only grows
+        rows); an example is `<bos> <task> bases <sep> <label>*label_repeat <eos>` with
+        `loss_mask` on the label tokens only.
+    mode "head": `<bos> bases <eos>` with `task` and `label` ints, for FinetuneModule.
+    pretrained: a checkpoint whose vocabulary (and tokenizer) is extended, so ids match.
+    only: restrict to these task names (single-task models over the same splits).
+    rc_augment: also train on the reverse complement of each training sequence.
+    """
+
+    def __init__(
+        self,
+        tasks: str | list[dict[str, Any]] = "synthetic",
+        mode: str = "omni",
+        pretrained: str | None = None,
+        data_dir: str | None = None,
+        only: list[str] | None = None,
+        label_repeat: int = 1,
+        rc_augment: bool = False,
+        max_per_label: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if mode not in ("omni", "head"):
+            raise ValueError(f"mode must be 'omni' or 'head', got {mode!r}")
+        self.task_specs, self.mode, self.pretrained = tasks, mode, pretrained
+        self.data_dir, self.only, self.label_repeat = data_dir, only, label_repeat
+        self.rc_augment, self.max_per_label = rc_augment, max_per_label
+        self.tasks: list[LabelledTask] = []
+
+    def _base_vocab(self, train_seqs: list[str]) -> Vocab:
+        if self.pretrained:
+            hp = load_checkpoint(self.pretrained).get("hyper_parameters", {})
+            if "vocab" not in hp and "backbone_config" in hp:
+                hp = hp["backbone_config"]
+            if not hp.get("vocab"):
+                raise ValueError(f"{self.pretrained}: checkpoint stores no vocabulary")
+            vocab = Vocab.from_dict(hp["vocab"])
+            self.tokenizer = tokenizer_from_vocab(vocab.tokens, self.tokenizer_file)
+            return vocab
+        self.tokenizer = self._make_tokenizer(train_seqs)
+        return self.tokenizer.vocab()
+
+    def task_layout(self) -> list[dict[str, Any]]:
+        """Per task: name, labels, and in omni mode the task token id and label token ids."""
+        self._ensure()
+        out = []
+        for t in self.tasks:
+            d: dict[str, Any] = {"name": t.name, "labels": t.labels}
+            if self.mode == "omni":
+                d["task_id"] = self.vocab.token_to_id(task_token(t.name))
+                d["label_ids"] = [self.vocab.token_to_id(label_token(y)) for y in t.labels]
+            out.append(d)
+        return out
+
+    def head_tasks(self) -> list[dict[str, Any]]:
+        """FinetuneModule task specs matching this datamodule (mode 'head')."""
+        return [
+            {"name": t.name, "kind": "classification", "n_outputs": len(t.labels)}
+            for t in self.tasks
+        ]
+
+    def encode_example(self, task_index: int, seq_ids: np.ndarray, label: int | None) -> dict:
+        """One example; `label=None` gives the prompt up to and including <sep> (omni)."""
+        t = self.tasks[task_index]
+        if self.mode == "head":
+            ex: dict[str, Any] = {"ids": [BOS, *seq_ids.tolist(), EOS], "task": task_index}
+            if label is not None:
+                ex["label"] = int(label)
+            return ex
+        prompt = [BOS, self.vocab.token_to_id(task_token(t.name)), *seq_ids.tolist(), SEP]
+        if label is None:
+            return {"ids": prompt}
+        lab = self.vocab.token_to_id(label_token(t.labels[label]))
+        ids = prompt + [lab] * self.label_repeat + [EOS]
+        mask = [False] * len(prompt) + [True] * self.label_repeat + [False]
+        return {"ids": ids, "loss_mask": mask, "task": task_index}
+
+    def build(self) -> list[dict]:
+        self.tasks = load_tasks(
+            self.task_specs, self.data_dir, self.policy, self.seed, self.max_per_label, self.only
+        )
+        train_seqs = [s for t in self.tasks for s in t.subset("train")[0]]
+        self.vocab = self._base_vocab(train_seqs)
+        if self.mode == "omni":
+            self.vocab.add_tokens(task_token(t.name) for t in self.tasks)
+            self.vocab.add_tokens(label_token(y) for t in self.tasks for y in t.labels)
+        examples = []
+        for ti, t in enumerate(self.tasks):
+            for seq_ids, y, split in zip(self.tokenizer.encode_batch(t.seqs), t.y, t.split):
+                ex = self.encode_example(ti, seq_ids, int(y))
+                examples.append({**ex, "split": split})
+                if self.rc_augment and split == "train":
+                    rc = self.tokenizer.reverse_complement_ids(seq_ids)
+                    examples.append({**self.encode_example(ti, rc, int(y)), "split": "train"})
+        return examples
