@@ -1,0 +1,258 @@
+"""The multi-stage recipe runner behind `seqmodels run RECIPE --out DIR`.
+
+A recipe is YAML: `stages: [{name, command, config?, args?}]`. Stages run in order, each
+as its own `python -m seqmodels.cli COMMAND ...` process writing to `<out>/<stage>/` (a
+subprocess keeps stages independent, and lets Lightning's DDP launcher re-run exactly the
+stage's command in its worker processes). A stage that finishes writes `<stage>/.done`;
+a rerun skips it. A fit stage interrupted before that resumes from its `last.ckpt`. The
+run ends with `<out>/metrics.json` and `<out>/report.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FIT_LIKE = ("fit", "validate", "test", "predict")
+RECIPE_KEYS = {"stages", "name", "description"}
+STAGE_KEYS = {"name", "command", "config", "args", "description"}
+DONE = ".done"
+RESULT = ".result.json"
+_REF = re.compile(r"\$\{([^}]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class RecipeError(ValueError):
+    """A malformed recipe; the message names the file and the offending key."""
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited with an error (its own output says why)."""
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    config: dict | None = None
+    args: dict = field(default_factory=dict)
+
+    @property
+    def fit_like(self) -> bool:
+        return self.command[0] in FIT_LIKE
+
+
+@dataclass
+class StageResult:
+    name: str
+    command: str
+    status: str  # "ran", "resumed" or "skipped"
+    wall_s: float
+    metrics: dict
+
+
+def _substitute(value: Any, refs: dict[str, str], where: str, path: Path) -> Any:
+    """Replace `${out}`, `${stage}`, `${stages.NAME}` in every string of a config/args tree."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, refs, f"{where}.{k}", path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, refs, f"{where}[{i}]", path) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(match: re.Match) -> str:
+        key = match.group(1).strip()
+        if key not in refs:
+            known = ", ".join(f"${{{k}}}" for k in refs)
+            raise RecipeError(
+                f"{path}: {where}: unknown reference ${{{key}}} (known here: {known}; "
+                "${stages.NAME} must name an earlier stage)"
+            )
+        return refs[key]
+
+    return _REF.sub(repl, value)
+
+
+def load_recipe(path: str | Path, out: str | Path) -> list[Stage]:
+    """Read and check a whole recipe before anything runs, resolving its references."""
+    from seqmodels.cli import build_parser, find_command
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with a 'stages' list")
+    unknown = set(data) - RECIPE_KEYS
+    if unknown:
+        raise RecipeError(
+            f"{path}: unknown key {sorted(unknown)[0]!r} (allowed: {sorted(RECIPE_KEYS)})"
+        )
+    if "stages" not in data:
+        raise RecipeError(f"{path}: missing key 'stages'")
+    if not isinstance(data["stages"], list) or not data["stages"]:
+        raise RecipeError(f"{path}: 'stages' must be a non-empty list")
+
+    out = Path(out)
+    parser = build_parser()
+    stages: list[Stage] = []
+    refs = {"out": str(out)}
+    for i, raw in enumerate(data["stages"]):
+        where = f"stages[{i}]"
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: {where} must be a mapping")
+        unknown = set(raw) - STAGE_KEYS
+        if unknown:
+            raise RecipeError(
+                f"{path}: {where}: unknown key {sorted(unknown)[0]!r} (allowed: {sorted(STAGE_KEYS)})"
+            )
+        for key in ("name", "command"):
+            if key not in raw:
+                raise RecipeError(f"{path}: {where}: missing key {key!r}")
+        name = str(raw["name"])
+        where = f"stage {name!r}"
+        if not _NAME.match(name):
+            raise RecipeError(f"{path}: {where}: a name is letters, digits, '_', '.', '-'")
+        if any(s.name == name for s in stages):
+            raise RecipeError(f"{path}: {where}: duplicate stage name")
+        words = str(raw["command"]).split()
+        if not words or find_command(words, parser) is None:
+            raise RecipeError(
+                f"{path}: {where}: unknown command {raw['command']!r} "
+                "(see `seqmodels --help` for the commands)"
+            )
+        refs["stage"] = str(out / name)
+        config = raw.get("config")
+        if config is not None:
+            if words[0] not in FIT_LIKE:
+                raise RecipeError(f"{path}: {where}: key 'config' is only for {FIT_LIKE}")
+            if isinstance(config, str):  # a YAML file beside the recipe
+                config_path = path.parent / config
+                if not config_path.is_file():
+                    raise RecipeError(f"{path}: {where}: config file {config_path} not found")
+                config = yaml.safe_load(config_path.read_text())
+            if not isinstance(config, dict):
+                raise RecipeError(f"{path}: {where}: 'config' must be a mapping or a YAML path")
+            config = _substitute(config, refs, f"{where}.config", path)
+        args = raw.get("args") or {}
+        if not isinstance(args, dict):
+            raise RecipeError(f"{path}: {where}: 'args' must be a mapping of flag: value")
+        args = _substitute(args, refs, f"{where}.args", path)
+        stages.append(Stage(name, words, config, args))
+        refs[f"stages.{name}"] = str(out / name)
+    return stages
+
+
+def _flags(args: dict, fit_like: bool) -> list[str]:
+    """`{key: value}` -> `--key value`. LightningCLI takes every value as text (YAML/JSON);
+    argparse commands take booleans as bare switches and lists as several values."""
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = f"--{key}"
+        if fit_like:
+            text = value if isinstance(value, str) else json.dumps(value)
+            flags += [flag, text]
+        elif isinstance(value, bool):
+            flags += [flag] if value else []
+        elif value is None:
+            continue
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _stage_command(stage: Stage, stage_dir: Path) -> tuple[list[str], bool]:
+    cmd = [sys.executable, "-m", "seqmodels.cli", *stage.command]
+    resumed = False
+    if stage.fit_like:
+        if stage.config is not None:
+            config_path = stage_dir / "config.yaml"
+            config_path.write_text(yaml.safe_dump(stage.config, sort_keys=False))
+            cmd += ["--config", str(config_path)]
+        cmd += _flags(stage.args, fit_like=True)
+        cmd += ["--trainer.default_root_dir", str(stage_dir)]
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        if stage.command == ["fit"] and last.is_file():
+            cmd += ["--ckpt_path", str(last)]
+            resumed = True
+    else:
+        cmd += _flags(stage.args, fit_like=False)
+    return cmd, resumed
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        print(f"seqmodels: warning: {path} is not JSON; ignored", file=sys.stderr)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written marker
+
+
+def run_stage(stage: Stage, out: Path) -> StageResult:
+    stage_dir = out / stage.name
+    done = stage_dir / DONE
+    command = " ".join(stage.command)
+    if done.is_file():
+        record = _read_json(done)
+        print(f"[{stage.name}] done before; skipped (delete {done} to run it again)")
+        return StageResult(
+            stage.name, command, "skipped", record.get("wall_s", 0.0), record.get("metrics", {})
+        )
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    cmd, resumed = _stage_command(stage, stage_dir)
+    result_file = stage_dir / RESULT
+    result_file.unlink(missing_ok=True)
+    print(f"[{stage.name}] {'resuming ' if resumed else ''}seqmodels {command}", flush=True)
+    start = time.perf_counter()
+    env = {**os.environ, "SEQMODELS_RESULT": str(result_file)}
+    code = subprocess.run(cmd, env=env).returncode
+    wall = time.perf_counter() - start
+    if code != 0:
+        raise StageFailed(
+            f"stage {stage.name!r} (seqmodels {command}) failed with exit code {code}; "
+            "fix it and rerun the recipe: finished stages are skipped, fit stages resume"
+        )
+    metrics = {**_read_json(stage_dir / "metrics.json"), **_read_json(result_file)}
+    _write_json(done, {"command": cmd[3:], "wall_s": wall, "metrics": metrics})
+    return StageResult(stage.name, command, "resumed" if resumed else "ran", wall, metrics)
+
+
+def run_recipe(recipe: str | Path, out: str | Path) -> dict:
+    """Run every stage of `recipe` under `out`; returns `{stage: metrics}`."""
+    from seqmodels.report import write_report
+
+    out = Path(out)
+    stages = load_recipe(recipe, out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = [run_stage(stage, out) for stage in stages]
+    metrics = {r.name: r.metrics for r in results if r.metrics}
+    _write_json(out / "metrics.json", metrics)
+    report = write_report(out, Path(recipe), results, time.perf_counter() - start)
+    print(f"wrote {out / 'metrics.json'} and {report}")
+    return metrics
