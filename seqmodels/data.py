@@ -50,6 +50,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.lengths = lengths
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
+        # Lightning calls set_epoch on `batch_sampler.sampler` at every epoch start.
+        self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -285,6 +287,7 @@ class TokenDataModule(pl.LightningDataModule):
             shuffle=False,
             collate_fn=self.collate,
             num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def val_dataloader(self) -> DataLoader | list:

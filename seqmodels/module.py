@@ -299,7 +299,21 @@ class SeqLM(_Optimised):
         rng = checkpoint.get("seqmodels_rng")
         if rng:
             self._gen.set_state(rng["objective"])
-            torch.set_rng_state(rng["torch"])
+            # Applied at the first training batch: Lightning may draw random numbers
+            # between loading and training (sanity checks, loaders).
+            self._pending_rng = rng["torch"]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        pending = getattr(self, "_pending_rng", None)
+        if pending is not None:
+            torch.set_rng_state(pending)
+            self._pending_rng = None
+
+
+def _make_lm(kwargs: dict) -> SeqLM:
+    # Built outside FinetuneModule.__init__: Lightning's save_hyperparameters walks up the
+    # constructor frames and would merge the finetuner's arguments into the backbone's.
+    return SeqLM(**kwargs)
 
 
 class FinetuneModule(_Optimised):
@@ -335,10 +349,10 @@ class FinetuneModule(_Optimised):
                 raise ValueError(f"task {t!r}: needs a name and kind classification|regression")
         if pretrained:
             ckpt = load_checkpoint(pretrained)
-            self.lm = SeqLM(**SeqLM.hparams_for_load(ckpt))
+            self.lm = _make_lm(SeqLM.hparams_for_load(ckpt))
             self.lm.load_state_dict(ckpt["state_dict"])
         else:
-            self.lm = SeqLM(**(backbone_config or {}))
+            self.lm = _make_lm(backbone_config or {})
         self.lm.hparams.init_from = None  # the weights are in this module's state from now on
         self.heads = nn.ModuleDict()
         self._outputs: dict = defaultdict(list)

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from seqmodels.module import SeqLM
+from seqmodels.sampling import generate, top_k_filter, top_p_filter
+
+
+@pytest.fixture
+def model(toy_vocab):
+    torch.manual_seed(0)
+    m = SeqLM(vocab_size=len(toy_vocab), d_model=32, n_layers=2, n_heads=4, max_len=64, d_cond=2)
+    m.vocab = toy_vocab
+    return m
+
+
+def test_top_k_keeps_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    out = top_k_filter(logits, 2)
+    assert torch.isfinite(out).tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    out = top_p_filter(probs.log(), 0.75)
+    assert torch.isfinite(out).tolist() == [[True, True, False, False]]
+    out = top_p_filter(probs.log(), 0.1)
+    assert torch.isfinite(out).tolist() == [[True, False, False, False]]
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_k": 3}, {"top_p": 0.8, "temperature": 0.7}])
+def test_cached_equals_uncached(model, toy_vocab, kw):
+    prompts = [[toy_vocab.bos_id]] * 3 + [[toy_vocab.bos_id, 6, 7]]
+    cond = torch.randn(4, 2)
+    a = generate(model, prompts, cond, max_new_tokens=30, seed=3, num_samples=2, **kw)
+    b = generate(
+        model, prompts, cond, max_new_tokens=30, seed=3, num_samples=2, use_cache=False, **kw
+    )
+    assert a == b and len(a) == 8
+    assert any(len(s) > 3 for s in a)
+
+
+def test_processor_is_obeyed_and_eos_stops(model, toy_vocab):
+    def only_a_then_eos(ids, logits):
+        out = torch.full_like(logits, float("-inf"))
+        allowed = toy_vocab.eos_id if ids.shape[1] >= 4 else toy_vocab.token_to_id("a")
+        out[:, allowed] = 0
+        return out
+
+    res = generate(
+        model,
+        [[toy_vocab.bos_id]],
+        torch.zeros(1, 2),
+        max_new_tokens=20,
+        logits_processor=only_a_then_eos,
+        num_samples=3,
+    )
+    assert res == [[6, 6, 6]] * 3
+
+
+def test_bad_arguments(model):
+    with pytest.raises(ValueError, match="condition rows"):
+        generate(model, [[1], [1]], torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, [[1]], torch.zeros(1, 2), top_p=0)
