@@ -186,6 +186,20 @@ def _fused():
 
 
 # ---------------------------------------------------------------------------- the mixer
+class _DtProj(nn.Module):
+    """dt_proj as a plain module, not an nn.Linear: generic init passes over every Linear
+    (SeqLM's normal(0.02) and zero bias) would otherwise erase Mamba's dt initialisation.
+    Its parameters keep nn.Linear's names (weight, bias), so checkpoints are unchanged."""
+
+    def __init__(self, rank: int, d_inner: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_inner, rank))
+        self.bias = nn.Parameter(torch.empty(d_inner))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class MambaMixer(nn.Module):
     """One Mamba block (mamba-ssm's `Mamba`): in_proj -> causal depthwise conv1d -> SiLU ->
     selective scan (input-dependent dt, B, C) -> gate by SiLU(z) -> out_proj."""
@@ -220,7 +234,7 @@ class MambaMixer(nn.Module):
             bias=conv_bias,
         )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.dt_proj = _DtProj(self.dt_rank, self.d_inner)
         # mamba-ssm's initialisation: dt log-uniform in [dt_min, dt_max], A = -(1..N).
         std = self.dt_rank**-0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
@@ -295,15 +309,14 @@ class MambaMixer(nn.Module):
             x = x + self.conv1d.bias
         x = F.silu(x)
         dt, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt)).float()  # (B, d_inner)
-        A = -torch.exp(self.A_log.float())
-        s = (
-            state["ssm"] * torch.exp(dt[..., None] * A)
-            + (dt * x.float())[..., None] * Bm[:, None, :].float()
-        )
+        ct = torch.float64 if h.dtype == torch.float64 else torch.float32  # as the scan
+        dt = F.softplus(self.dt_proj(dt)).to(ct)  # (B, d_inner)
+        x, Bm, Cm = x.to(ct), Bm.to(ct), Cm.to(ct)
+        A = -torch.exp(self.A_log.to(ct))
+        s = state["ssm"] * torch.exp(dt[..., None] * A) + (dt * x)[..., None] * Bm[:, None, :]
         state["ssm"] = s
-        y = (s @ Cm.float()[..., None]).squeeze(-1) + self.D.float() * x.float()
-        y = (y * F.silu(z.float())).to(h.dtype)
+        y = (s @ Cm[..., None]).squeeze(-1) + self.D.to(ct) * x
+        y = (y * F.silu(z.to(ct))).to(h.dtype)
         return self.out_proj(y)
 
 

@@ -1,0 +1,285 @@
+"""`seqmodels em ...`: synthetic data, affinity finetuning + evaluation, run comparison."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BACKBONE = {
+    "backbone": "mamba",
+    "d_model": 96,
+    "n_layers": 3,
+    "backbone_args": {"bidirectional": True},
+}
+
+
+def _cli_error(err: Exception):
+    from seqmodels.cli import CLIError
+
+    return CLIError(str(err))
+
+
+def _source_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="synthetic", help="synthetic, isbi, or a volume path")
+    p.add_argument("--key", default=None, help="dataset key inside an HDF5 / Zarr file")
+    p.add_argument("--labels", default=None, help="instance labels for a volume path")
+    p.add_argument("--labels-key", default=None)
+    p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    p.add_argument("--synthetic-shape", type=int, nargs=3, default=[48, 128, 128])
+    p.add_argument("--synthetic-cells", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _load(args):
+    from .data import load_source
+
+    em = load_source(
+        args.source,
+        args.key,
+        args.labels,
+        args.labels_key,
+        args.voxel_size,
+        synthetic_shape=tuple(args.synthetic_shape),
+        synthetic_cells=args.synthetic_cells,
+        seed=args.seed,
+    )
+    if em.labels is None:
+        raise ValueError(f"{args.source}: segmentation needs instance labels (--labels)")
+    return em
+
+
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float, default=0.5, help="merge while affinity > this")
+    p.add_argument(
+        "--seed-threshold",
+        type=float,
+        default=0.9,
+        help="watershed seeds: regions with mean affinity > this",
+    )
+    p.add_argument(
+        "--tune-sections",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("START", "STOP"),
+        help="labelled sections on which to pick both thresholds (not the test ones)",
+    )
+    p.add_argument("--method", default="auto", choices=["auto", "waterz", "skimage"])
+    p.add_argument("--name", default=None, help="run name in figures")
+    p.add_argument("--out", required=True, help="folder for metrics.json and figures")
+
+
+def _evaluate(model, em, sections, args, out: Path, t_train: float | None = None) -> dict:
+    from .data import section_range
+    from .evaluate import boundary_figure, evaluate_volume, tune_watershed, write_json
+
+    ws = {"method": args.method, "threshold": args.threshold, "seed_threshold": args.seed_threshold}
+    if args.tune_sections:
+        tl = section_range(em.raw.shape[0], args.tune_sections, em.name)
+        ws = tune_watershed(model, em.raw[tl], em.labels[tl], em.per_section, args.method)
+    sl = section_range(em.raw.shape[0], sections, em.name)
+    raw, lab = em.raw[sl], em.labels[sl]
+    t = time.perf_counter()
+    m, aff, seg = evaluate_volume(model, raw, lab, em.per_section, ws)
+    m["eval_s"] = time.perf_counter() - t
+    if t_train is not None:
+        m["train_s"] = t_train
+    m["sections"] = f"{sl.start}:{sl.stop}"
+    m.update({f"ws_{k}": v for k, v in ws.items()})
+    name = args.name or out.name
+    boundary_figure(raw, aff, seg, lab, out / f"boundaries_{name}.png", f"{name} ({em.name})")
+    write_json(out / "metrics.json", m)
+    print(json.dumps(m))
+    return m
+
+
+def cmd_finetune(args: argparse.Namespace) -> dict:
+    import torch
+
+    from seqmodels.checkpoint import save_atomic
+
+    from .data import section_range
+    from .finetune import AffinityModel, train_affinities
+
+    out = Path(args.out)
+    try:
+        em = _load(args)
+        pre = None if args.pretrained in (None, "", "none") else args.pretrained
+        cfg = json.loads(args.backbone_config) if args.backbone_config else DEFAULT_BACKBONE
+        model = AffinityModel(
+            args.crop,
+            args.patch,
+            pretrained=pre,
+            backbone_config=cfg,
+            channels=args.channels,
+            kernel=tuple(args.kernel),
+            per_section=em.per_section,
+            lr=args.lr,
+            backbone_lr=args.backbone_lr,
+            max_steps=args.steps,
+            warmup_steps=min(20, args.steps // 5 + 1),
+        )
+        sl = section_range(em.raw.shape[0], args.train_sections, em.name)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        t = time.perf_counter()
+        train_affinities(
+            model, em.raw[sl], em.labels[sl], args.steps, args.batch_size, out, args.seed
+        )
+        t_train = time.perf_counter() - t
+        hp = dict(model.hparams)
+        hp.update(pretrained=None, backbone_config=model.backbone_config())
+        save_atomic({"state_dict": model.state_dict(), "hparams": hp}, out / "affinity.ckpt")
+        m = _evaluate(model, em, args.test_sections, args, out, t_train)
+    except ValueError as err:
+        raise _cli_error(err) from err
+    m["pretrained"] = pre or "none"
+    return m
+
+
+def load_affinity_model(path: str):
+    import inspect
+
+    from seqmodels.checkpoint import load_checkpoint
+    from seqmodels.module import SeqLM
+
+    from .finetune import AffinityModel
+
+    ckpt = load_checkpoint(path)
+    if "hparams" not in ckpt:
+        raise ValueError(f"{path}: not an affinity model (written by `seqmodels em finetune`)")
+    hp = dict(ckpt["hparams"])
+    keys = inspect.signature(SeqLM.__init__).parameters
+    hp["backbone_config"] = {k: v for k, v in hp["backbone_config"].items() if k in keys}
+    model = AffinityModel(**hp)
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    try:
+        model = load_affinity_model(args.model)
+        em = _load(args)
+        return _evaluate(model, em, args.sections, args, Path(args.out))
+    except ValueError as err:
+        raise _cli_error(err) from err
+
+
+def cmd_compare(args: argparse.Namespace) -> dict:
+    """Metrics of several finetuning runs side by side, and VOI (split + merge) changes."""
+    from .evaluate import compare_figure, write_json
+
+    rows = {}
+    for item in args.runs:
+        name, _, folder = item.partition("=")
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise _cli_error(ValueError(f"{path}: no metrics (run `seqmodels em finetune`)"))
+        m = json.loads(path.read_text())
+        rows[name] = {k: m[k] for k in ("voi_split", "voi_merge", "voi", "arand")}
+    out = Path(args.out)
+    result: dict = dict(rows)
+    if args.baseline:
+        if args.baseline not in rows:
+            raise _cli_error(ValueError(f"baseline {args.baseline!r} is not one of {list(rows)}"))
+        base = rows[args.baseline]["voi"]
+        for name, r in rows.items():
+            if name != args.baseline:
+                # Positive = lower VOI than the baseline (better), as a fraction of it.
+                result[f"voi_gain_{name}_vs_{args.baseline}"] = (base - r["voi"]) / base
+    names = list(rows)
+    if len(names) >= 2 and args.baseline in names:
+        others = [n for n in names if n != args.baseline]
+        if len(others) == 2:
+            a, b = others
+            result[f"voi_gain_{a}_vs_{b}"] = (rows[b]["voi"] - rows[a]["voi"]) / rows[b]["voi"]
+    lines = ["| run | VOI split | VOI merge | VOI | ARAND |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {n} | {r['voi_split']:.4f} | {r['voi_merge']:.4f} | {r['voi']:.4f} | {r['arand']:.4f} |"
+        for n, r in rows.items()
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    compare_figure(rows, out / "comparison.png")
+    write_json(out / "metrics.json", result)
+    print("\n".join(lines))
+    return result
+
+
+def cmd_synth(args: argparse.Namespace) -> dict:
+    import tifffile
+
+    from .synthetic import make_synthetic
+
+    raw, inst = make_synthetic(
+        tuple(args.shape),
+        args.cells,
+        tuple(args.voxel_size),
+        noise=args.noise,
+        blur=args.blur,
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(out / "raw.tif", (raw * 255).astype(np.uint8))
+    tifffile.imwrite(out / "labels.tif", inst.astype(np.uint32))
+    print(
+        f"wrote {out / 'raw.tif'} and {out / 'labels.tif'}: {raw.shape}, "
+        f"{len(np.unique(inst)) - 1} cells"
+    )
+    return {
+        "n_cells": float(len(np.unique(inst)) - 1),
+        "membrane_fraction": float((inst == 0).mean()),
+    }
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    em = subparsers.add_parser("em", help="EM volumes: TokenUnify pretraining, segmentation")
+    sub = em.add_subparsers(title="em commands", metavar="COMMAND")
+
+    p = sub.add_parser("finetune", help="train an affinity decoder, then evaluate held-out")
+    _source_flags(p)
+    p.add_argument("--pretrained", default=None, help="SeqLM checkpoint (none = scratch)")
+    p.add_argument(
+        "--backbone-config", default=None, help="SeqLM arguments (JSON) for a scratch backbone"
+    )
+    p.add_argument("--train-sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
+    p.add_argument("--test-sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
+    p.add_argument("--crop", type=int, nargs=3, default=[16, 160, 160])
+    p.add_argument("--patch", type=int, nargs=3, default=[4, 16, 16])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone-lr", type=float, default=None)
+    p.add_argument("--channels", type=int, default=8, help="decoder features per voxel")
+    p.add_argument("--kernel", type=int, nargs=3, default=[3, 3, 3], help="decoder conv kernel")
+    p.add_argument("--threads", type=int, default=None)
+    _eval_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="segment held-out sections with a finetuned model")
+    _source_flags(p)
+    p.add_argument("--model", required=True, help="affinity.ckpt from `em finetune`")
+    p.add_argument("--sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
+    _eval_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="tabulate finetuning runs and VOI gains")
+    p.add_argument("--runs", nargs="+", required=True, help="NAME=FOLDER of `em finetune` runs")
+    p.add_argument("--baseline", default=None, help="run to measure VOI gains against")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("synth", help="write a synthetic EM-like volume and its instances")
+    p.add_argument("--shape", type=int, nargs=3, default=[32, 160, 160])
+    p.add_argument("--cells", type=int, default=40)
+    p.add_argument("--voxel-size", type=float, nargs=3, default=[4.0, 1.0, 1.0])
+    p.add_argument("--noise", type=float, default=0.08)
+    p.add_argument("--blur", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_synth)

@@ -1,0 +1,147 @@
+"""EM sources and the pretraining datamodule (continuous patch tokens, or quantised ids).
+
+A source is `synthetic` (made here, see synthetic.py), `isbi` (the shared ISBI 2012 stack)
+or a path to a raw volume (h5 / tif / zarr / npy / folder of slices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from seqmodels.data import TokenDataModule
+from seqmodels.paths import data_path
+from seqmodels.vocab import Vocab
+
+from .synthetic import make_synthetic
+from .tokens import (
+    DEFAULT_CROP,
+    DEFAULT_PATCH,
+    check_crop,
+    crop_at,
+    patchify,
+    quantise,
+    random_crop_origin,
+)
+from .volume import VolumeError, instances_from_membranes, load_labels, load_volume, normalise
+
+ISBI_VOXEL_NM = (50.0, 4.0, 4.0)  # ssTEM sections 50 nm apart, 4 nm pixels
+
+
+@dataclass
+class EMData:
+    raw: np.ndarray  # float32 (z, y, x) in [0, 1]
+    labels: np.ndarray | None  # int64 instances, 0 = boundary / ignore
+    voxel_size: tuple[float, float, float]
+    per_section: bool  # instances are 2D per section (no z-affinity ground truth)
+    name: str
+
+
+def load_source(
+    source: str = "synthetic",
+    key: str | None = None,
+    labels: str | None = None,
+    labels_key: str | None = None,
+    voxel_size: tuple[float, float, float] | None = None,
+    norm: str = "percentile",
+    synthetic_shape: tuple[int, int, int] = (32, 160, 160),
+    synthetic_cells: int = 40,
+    seed: int = 0,
+) -> EMData:
+    """Raw volume (normalised) and instances, when the source has them."""
+    if source == "synthetic":
+        vs = tuple(voxel_size or (4.0, 1.0, 1.0))
+        raw, inst = make_synthetic(tuple(synthetic_shape), synthetic_cells, vs, seed=seed)
+        return EMData(raw, inst, vs, False, "synthetic")
+    if source == "isbi":
+        root = data_path("em", "isbi2012")
+        if root is None:
+            raise VolumeError("isbi: ../shared/data/em/isbi2012 not found (set SEQMODELS_DATA)")
+        vol = load_volume(root / "volume.tif", voxel_size=voxel_size or ISBI_VOXEL_NM, norm=norm)
+        membranes = load_labels(root / "membranes.tif", vol.shape)
+        # Instances: connected components of non-membrane (255) in each section.
+        return EMData(vol.data, instances_from_membranes(membranes), vol.voxel_size, True, "isbi")
+    vol = load_volume(source, key, voxel_size=voxel_size or (1.0, 1.0, 1.0), norm=norm)
+    lab = load_labels(labels, vol.shape, labels_key).astype(np.int64) if labels else None
+    return EMData(vol.data, lab, vol.voxel_size, False, vol.name)
+
+
+def section_range(n: int, sections: list[int] | None, name: str) -> slice:
+    """`[start, stop]` z-sections (Python slice semantics) checked against the stack."""
+    if sections is None:
+        return slice(0, n)
+    if len(sections) != 2 or not 0 <= sections[0] < sections[1] <= n:
+        raise VolumeError(f"{name}: sections {sections} outside the stack of {n} sections")
+    return slice(int(sections[0]), int(sections[1]))
+
+
+class EMDataModule(TokenDataModule):
+    """Random crops of a volume as patch tokens: examples {"x": (L, pz*py*px)} or, with
+    `levels`, discrete {"ids": quantised patch means}. `sections` keeps crops inside a z
+    range (hold the evaluation sections out of pretraining)."""
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        key: str | None = None,
+        voxel_size: list[float] | None = None,
+        norm: str = "percentile",
+        sections: list[int] | None = None,
+        crop: tuple[int, int, int] = DEFAULT_CROP,
+        patch: tuple[int, int, int] = DEFAULT_PATCH,
+        n_crops: int = 128,
+        levels: int | None = None,
+        synthetic_shape: tuple[int, int, int] = (32, 160, 160),
+        synthetic_cells: int = 40,
+        **kwargs,
+    ):
+        kwargs.setdefault("val_fraction", 0.1)
+        kwargs.setdefault("test_fraction", 0.0)
+        super().__init__(**kwargs)
+        self.source, self.key, self.norm = source, key, norm
+        self.voxel_size = tuple(voxel_size) if voxel_size else None
+        self.sections = sections
+        self.crop, self.patch = tuple(crop), tuple(patch)
+        self.n_crops, self.levels = n_crops, levels
+        self.synthetic_shape, self.synthetic_cells = tuple(synthetic_shape), synthetic_cells
+        if levels is not None:
+            self.vocab = Vocab([f"q{i}" for i in range(levels)])
+
+    def build(self) -> list[dict]:
+        em = load_source(
+            self.source,
+            self.key,
+            voxel_size=self.voxel_size,
+            norm=self.norm,
+            synthetic_shape=self.synthetic_shape,
+            synthetic_cells=self.synthetic_cells,
+            seed=self.seed,
+        )
+        raw = em.raw[section_range(em.raw.shape[0], self.sections, em.name)]
+        check_crop(raw.shape, self.crop, self.patch, em.name)
+        rng = np.random.default_rng(self.seed)
+        examples = []
+        for _ in range(self.n_crops):
+            c = crop_at(raw, random_crop_origin(raw.shape, self.crop, rng), self.crop)
+            c = _augment(c, rng)
+            tok = patchify(np.ascontiguousarray(c), self.patch)
+            if self.levels is None:
+                examples.append({"x": torch.from_numpy(np.ascontiguousarray(tok))})
+            else:
+                ids = quantise(tok, self.levels) + self.vocab.token_to_id("q0")
+                examples.append({"ids": ids.tolist()})
+        return examples
+
+
+def _augment(c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flips and 90-degree in-plane rotations: symmetries of EM sections."""
+    if rng.random() < 0.5:
+        c = c[:, ::-1]
+    if rng.random() < 0.5:
+        c = c[:, :, ::-1]
+    return np.rot90(c, int(rng.integers(4)), axes=(1, 2))
+
+
+__all__ = ["EMData", "EMDataModule", "load_source", "normalise", "section_range"]
