@@ -91,8 +91,9 @@ def _lightning_cli_class() -> type:
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
     from pytorch_lightning.loggers import CSVLogger
     from pytorch_lightning.plugins.io import CheckpointIO
+    from pytorch_lightning.strategies import DDPStrategy
 
-    from seqmodels.checkpoint import AtomicCheckpointIO
+    from seqmodels.checkpoint import AtomicCheckpointIO, load_checkpoint
 
     class ResumableCheckpoint(ModelCheckpoint):
         """`last.ckpt` under `<default_root_dir>/checkpoints/`, also every N steps so a run
@@ -117,6 +118,15 @@ def _lightning_cli_class() -> type:
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads --ckpt_path with a bare torch.load before training: check it
+            # first, so a missing, corrupt or foreign file is a CheckpointError naming it.
+            sub = self.config.get("subcommand")
+            path = self.config[sub].get("ckpt_path") if sub else None
+            if path and not str(path).startswith(("last", "best", "hpc", "registry")):
+                load_checkpoint(path)
+            super()._parse_ckpt_path()
+
         def instantiate_trainer(self, **kwargs: Any):
             config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
             root = config.get("default_root_dir") or os.getcwd()
@@ -129,6 +139,11 @@ def _lightning_cli_class() -> type:
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 plugins.append(AtomicCheckpointIO())
             config["plugins"] = plugins
+            if config.get("strategy") == "ddp":
+                # Objectives touch different parameters per batch (the mask embedding only
+                # under masking objectives, a mixture switches per batch): DDP must look for
+                # unused parameters or it stops with an error on the first such batch.
+                config["strategy"] = DDPStrategy(find_unused_parameters=True)
             extra = [
                 self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys
             ]
@@ -150,12 +165,16 @@ def run_lightning(argv: Sequence[str]) -> dict[str, float]:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
+        # TokenDataModule's resumable sampler shards batches by rank itself; Lightning's
+        # DistributedSampler replacement would break it (a plain datamodule may set it true).
+        trainer_defaults={"use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
         # Checkpoints load through seqmodels.checkpoint.load_module; Lightning's own support
         # would put `_class_path` / `_instantiator` into the model's hyperparameters.
         load_from_checkpoint_support=False,
         parser_kwargs={**kwargs, "prog": "seqmodels"},
-        args=list(argv),
+        # None: LightningCLI reads sys.argv itself (and warns when handed a copy of it).
+        args=None if list(argv) == sys.argv[1:] else list(argv),
     )
     if not cli.trainer.is_global_zero:
         return {}

@@ -83,12 +83,13 @@ def dyck_metrics(samples: Sequence[Sequence[str]]) -> dict[str, float]:
 
 
 def dyck_processor(
-    vocab: Vocab, n_types: int = 2, max_depth: int = 4, max_len: int = 32
+    vocab: Vocab, n_types: int = 2, max_depth: int = 4, max_len: int = 24
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A logits processor that only allows continuations that can still end as a valid word
-    of at most `max_len` tokens: it forbids a mismatched close, an open beyond `max_depth`
-    or past the length budget, and eos while brackets are open. Rows whose prefix is already
-    invalid (or that have finished) are left untouched."""
+    of at most `max_len` tokens (the datamodule's default word_len): it forbids a mismatched
+    close, an open beyond `max_depth` or past the length budget, and eos while brackets are
+    open, so every sample with max_new_tokens > max_len is valid. Rows whose prefix is
+    already invalid (or that have finished) are left untouched."""
     pairs = _pairs(n_types)
     open_ids = {vocab.token_to_id(o): vocab.token_to_id(c) for o, c in pairs.items()}
     close_ids = set(open_ids.values())

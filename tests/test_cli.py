@@ -1,0 +1,218 @@
+"""The `seqmodels` command: help, fit, generate, evaluate, export, bad checkpoints, plugins,
+and 2-process DDP on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmodels import cli
+from seqmodels.checkpoint import load_exported, load_module
+from seqmodels.synthetic import dyck_metrics, is_valid
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "recipes" / "core" / "tiny_dyck.yaml"
+# A few steps on a few hundred words: enough to exercise every path, seconds on CPU.
+TINY = [
+    "--config",
+    str(CONFIG),
+    "--data.init_args.n_examples",
+    "300",
+    "--data.init_args.batch_size",
+    "16",
+    "--model.init_args.warmup_steps",
+    "2",
+    "--checkpoint.every_n_train_steps",
+    "4",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.log_every_n_steps",
+    "2",
+]
+
+
+def _last_step(ckpt: Path) -> int:
+    return torch.load(ckpt, weights_only=True)["global_step"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fit")
+    argv = ["fit", *TINY, "--trainer.max_steps", "6", "--model.init_args.max_steps", "6"]
+    assert cli.main([*argv, "--trainer.default_root_dir", str(root)]) == 0
+    return root
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "run", "generate", "evaluate", "export"):
+        assert f"    {command}" in out, command
+    assert "example:" in out
+
+
+@pytest.mark.parametrize("command", ["run", "generate", "evaluate", "export"])
+def test_command_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert f"example:\n  seqmodels {command}" in out
+
+
+def test_fit_help_shows_an_example_and_checkpoint_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["fit", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "example: seqmodels fit --config" in out
+    assert "--checkpoint.every_n_train_steps" in out and "--ckpt_path" in out
+
+
+def test_fit_writes_last_checkpoint_and_csv_log(trained):
+    last = trained / "checkpoints" / "last.ckpt"
+    # 6 steps with a save interval of 4: last.ckpt must still hold the final step.
+    assert _last_step(last) == 6
+    csvs = list(trained.rglob("metrics.csv"))
+    assert csvs and "train/loss" in csvs[0].read_text().splitlines()[0]
+    assert load_module(last).vocab is not None
+
+
+def test_generate_writes_text_and_jsonl_reproducibly(trained, tmp_path):
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    base = ["generate", "--ckpt", ckpt, "--n", "6", "--max-new-tokens", "12", "--seed", "3"]
+    assert cli.main([*base, "--out", str(tmp_path / "a.txt")]) == 0
+    assert cli.main([*base, "--out", str(tmp_path / "b.txt")]) == 0
+    assert cli.main([*base, "--out", str(tmp_path / "c.jsonl")]) == 0
+    a = (tmp_path / "a.txt").read_text()
+    assert a == (tmp_path / "b.txt").read_text()
+    assert len(a.splitlines()) == 6
+    records = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert [" ".join(r["tokens"]) for r in records] == a.splitlines()
+    assert {r["sample"] for r in records} == set(range(6))
+
+
+def test_generate_with_the_grammar_processor_gives_only_valid_words(trained, tmp_path):
+    out = tmp_path / "s.txt"
+    argv = ["generate", "--ckpt", str(trained / "checkpoints" / "last.ckpt"), "--n", "24"]
+    argv += ["--max-new-tokens", "31", "--processor", "seqmodels.synthetic:dyck_processor"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    words = [line.split() for line in out.read_text().splitlines()]
+    assert len(words) == 24 and all(is_valid(w) for w in words)
+
+
+def test_evaluate_scores_samples_and_the_test_split(trained, tmp_path, capsys):
+    samples = tmp_path / "s.txt"
+    samples.write_text("( )\n( ]\n[ ( ) ]\n")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--samples", str(samples), "--out", str(out)]
+    assert cli.main([*argv, "--metric", "seqmodels.synthetic:dyck_metrics"]) == 0
+    got = json.loads((out / "metrics.json").read_text())
+    assert got == dyck_metrics([["(", ")"], ["(", "]"], ["[", "(", ")", "]"]])
+
+    config = next(trained.rglob("config.yaml"))  # the config LightningCLI saved for the fit
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    assert cli.main(["evaluate", "--ckpt", str(ckpt), "--config", str(config)]) == 0
+    assert "test/loss:" in capsys.readouterr().out
+
+
+def test_export_output_loads_and_matches_the_checkpoint(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["class"].endswith("SeqLM")
+    ids = torch.tensor([[1, 6, 7, 8, 9, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(tmp_path / "x")(ids), load_module(ckpt)(ids))
+
+
+def _bad_checkpoints(tmp_path: Path) -> list[Path]:
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    pickled = tmp_path / "pickled.ckpt"  # arbitrary Python objects: refused by weights_only
+    torch.save({"state_dict": {}, "args": Namespace(lr=1)}, pickled)
+    foreign = tmp_path / "foreign.ckpt"  # loads, but is no Lightning checkpoint
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    return [corrupt, pickled, foreign]
+
+
+def test_bad_checkpoints_give_a_clear_error_not_a_traceback(tmp_path, capsys):
+    for bad in _bad_checkpoints(tmp_path):
+        for argv in (
+            ["generate", "--ckpt", str(bad), "--out", str(tmp_path / "s.txt")],
+            ["export", "--ckpt", str(bad), "--out", str(tmp_path / "x")],
+        ):
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err
+            assert "seqmodels: error:" in err and str(bad) in err, err
+            assert "Traceback" not in err
+
+
+def test_fit_resuming_from_a_corrupt_checkpoint_fails_cleanly(tmp_path):
+    bad = _bad_checkpoints(tmp_path)[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqmodels.cli", "fit", *TINY, "--trainer.max_steps", "2"]
+        + ["--trainer.default_root_dir", str(tmp_path / "r"), "--ckpt_path", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert f"seqmodels: error: {bad}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_dotted_path_is_a_clear_error(trained, tmp_path, capsys):
+    argv = ["generate", "--ckpt", str(trained / "checkpoints" / "last.ckpt")]
+    argv += ["--processor", "no_such_module:factory", "--out", str(tmp_path / "s.txt")]
+    assert cli.main(argv) == 2
+    assert "cannot import 'no_such_module:factory'" in capsys.readouterr().err
+
+
+class _EntryPoint:
+    def __init__(self, name, fn):
+        self.name, self.value, self._fn = name, f"tests:{name}", fn
+
+    def load(self):
+        return self._fn()
+
+
+def _good_plugin():
+    def register(subparsers):
+        p = subparsers.add_parser("toy", help="a toy domain")
+        p.set_defaults(func=lambda args: {"answer": 42.0})
+
+    return register
+
+
+def _broken_plugin():
+    raise ImportError("domain dependency missing")
+
+
+def test_a_broken_domain_plugin_does_not_break_the_cli(monkeypatch, capsys, tmp_path):
+    plugins = [_EntryPoint("broken", lambda: _broken_plugin()), _EntryPoint("toy", _good_plugin)]
+    monkeypatch.setattr(cli, "entry_points", lambda group: plugins)
+    result = tmp_path / "result.json"
+    monkeypatch.setenv(cli.RESULT_ENV, str(result))
+    assert cli.main(["toy"]) == 0
+    assert json.loads(result.read_text()) == {"answer": 42.0}
+    assert "domain commands 'broken'" in capsys.readouterr().err
+    assert cli.find_command(["toy"]) is not None
+    assert cli.find_command(["broken"]) is None
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "seqmodels.cli", "fit", *TINY]
+    argv += ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    argv += ["--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    assert _last_step(tmp_path / "checkpoints" / "last.ckpt") == 3
