@@ -94,8 +94,10 @@ def main() -> None:
         "extended_non_3_periodic": extended,
         "supercell_for_long_bonds": supercells,
     }
-    print(f"strict {out['strict_match']:.1%}  loose {out['loose_match']:.1%}  "
-          f"encode {out['encode_s']} s  decode {out['decode_s']} s  failures {dict(failures)}")
+    print(
+        f"strict {out['strict_match']:.1%}  loose {out['loose_match']:.1%}  "
+        f"encode {out['encode_s']} s  decode {out['decode_s']} s  failures {dict(failures)}"
+    )
     print(json.dumps(out))
 
 

@@ -9,6 +9,9 @@ does not depend on the input order of sites or edges nor on edge orientation.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 from pymatgen.core.periodic_table import Element
 
@@ -17,10 +20,14 @@ from domains.crystals.slices import SlicesGraph
 MAX_LEAVES = 4096  # search cap; beyond it the string is still valid but may not be canonical
 
 
+@functools.cache
 def element_key(symbol: str) -> tuple[float, int]:
     """Cations first, as in chemical formulas: by electronegativity, then atomic number."""
     el = Element(symbol)
-    x = el.X if np.isfinite(el.X) else 10.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # noble gases have no Pauling electronegativity
+        x = el.X
+    x = x if np.isfinite(x) else 10.0
     return (x, el.Z)
 
 

@@ -58,8 +58,12 @@ class BondTable:
             return self.nonbond[_pair(a, b)]
         return 1.1 * self.bond.get(_pair(a, b), _radius(a) + _radius(b))
 
-    def angle_modes(self, centre: str, cn: int) -> list[float]:
-        return self.angles.get(f"{centre}:{cn}") or self.angles.get(f"*:{cn}", [])
+    def angle_modes(self, centre: str, cn: int, a: str, b: str) -> list[float]:
+        a, b = sorted((a, b))
+        for key in (f"{centre}:{cn}:{a}:{b}", f"{centre}:{cn}", f"*:{cn}"):
+            if key in self.angles:
+                return self.angles[key]
+        return []
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.__dict__, indent=0, sort_keys=True))
@@ -75,7 +79,7 @@ class BondTable:
         from domains.crystals.neighbors import bond_graph
 
         bond, bond_cn, nonbond = defaultdict(list), defaultdict(list), defaultdict(list)
-        ang, ang_cn = defaultdict(list), defaultdict(list)
+        ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
         it = structures
         if progress:
             from tqdm import tqdm
@@ -96,15 +100,17 @@ class BondTable:
                 key = "-".join(sorted((f"{sp[i]}:{deg[i]}", f"{sp[j]}:{deg[j]}")))
                 bond_cn[key].append(d)
             _collect_contacts(s, edges, sp, nonbond)
-            for k, cos in _angles(len(s), edges, vec):
+            for k, a, b, cos in _angles(len(s), edges, vec):
                 ang[f"{sp[k]}:{deg[k]}"].append(cos)
+                a, b = sorted((sp[a], sp[b]))
+                ang_pair[f"{sp[k]}:{deg[k]}:{a}:{b}"].append(cos)
                 ang_cn[f"*:{deg[k]}"].append(cos)
         table = cls(
             bond={k: float(np.median(v)) for k, v in bond.items()},
             bond_cn={k: float(np.median(v)) for k, v in bond_cn.items() if len(v) >= 3},
-            nonbond={k: float(np.quantile(v, 0.05)) for k, v in nonbond.items() if len(v) >= 3},
+            nonbond={k: float(np.quantile(v, 0.1)) for k, v in nonbond.items() if len(v) >= 3},
         )
-        for src in (ang, ang_cn):
+        for src in (ang, ang_cn, ang_pair):
             for k, v in src.items():
                 if len(v) >= 6:
                     table.angles[k] = _modes(np.asarray(v))
@@ -128,20 +134,20 @@ def _collect_contacts(s: Structure, edges: np.ndarray, sp: list[str], out) -> No
 
 
 def _angles(n: int, edges: np.ndarray, vec: np.ndarray):
-    """(centre, cos) for every pair of bonds at each site; vec are cartesian edge vectors."""
-    inc: list[list[np.ndarray]] = [[] for _ in range(n)]
+    """(centre, end a, end b, cos) for every pair of bonds at each site (cartesian vec)."""
+    inc: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n)]
     for e, (i, j) in enumerate(edges[:, :2].tolist()):
-        inc[i].append(vec[e])
-        inc[j].append(-vec[e])
+        inc[i].append((j, vec[e]))
+        inc[j].append((i, -vec[e]))
     for k in range(n):
         if len(inc[k]) < 2:
             continue
-        u = np.asarray(inc[k])
+        ends = [a for a, _ in inc[k]]
+        u = np.asarray([v for _, v in inc[k]])
         u = u / np.linalg.norm(u, axis=1, keepdims=True)
         c = u @ u.T
-        iu = np.triu_indices(len(u), 1)
-        for cos in c[iu].tolist():
-            yield k, cos
+        for p, q in zip(*np.triu_indices(len(u), 1)):
+            yield k, ends[p], ends[q], float(c[p, q])
 
 
 def _modes(cos: np.ndarray, bin_deg: float = 2.0, sigma_deg: float = 4.0) -> list[float]:
@@ -197,9 +203,7 @@ def metric_lattice(x: np.ndarray, g: SlicesGraph, targets: np.ndarray) -> np.nda
     )  # fmt: skip
     w = 1.0 / targets**2  # relative errors
     sol = np.linalg.lstsq(a * w[:, None], targets**2 * w, rcond=None)[0]
-    gmat = np.array(
-        [[sol[0], sol[3], sol[4]], [sol[3], sol[1], sol[5]], [sol[4], sol[5], sol[2]]]
-    )
+    gmat = np.array([[sol[0], sol[3], sol[4]], [sol[3], sol[1], sol[5]], [sol[4], sol[5], sol[2]]])
     vals, vecs = np.linalg.eigh(gmat)
     floor = max(vals.max(), np.mean(targets) ** 2) * 0.05  # keep G positive definite
     vals = np.maximum(vals, floor)
@@ -302,14 +306,14 @@ def _angle_terms(g: SlicesGraph, table: BondTable, deg: np.ndarray):
         inc[i].append((j, tuple(t)))
         inc[j].append((i, (-t[0], -t[1], -t[2])))
     rows, modes = [], []
+    sp = g.species
     for k, nb in enumerate(inc):
-        mk = table.angle_modes(g.species[k], int(deg[k]))
-        if not mk or len(nb) < 2:
-            continue
         for p in range(len(nb)):
             for q in range(p + 1, len(nb)):
-                rows.append((k, nb[p][0], *nb[p][1], nb[q][0], *nb[q][1]))
-                modes.append(mk)
+                mk = table.angle_modes(sp[k], int(deg[k]), sp[nb[p][0]], sp[nb[q][0]])
+                if mk:
+                    rows.append((k, nb[p][0], *nb[p][1], nb[q][0], *nb[q][1]))
+                    modes.append(mk)
     if not rows:
         z = np.zeros(0, dtype=np.int64)
         return z, z, np.zeros((0, 3)), z, np.zeros((0, 3)), np.zeros((0, 1))
@@ -324,11 +328,61 @@ def _angle_terms(g: SlicesGraph, table: BondTable, deg: np.ndarray):
 @dataclass
 class FitOptions:
     w_repulsion: float = 1.0
-    w_angle: float = 0.05
+    w_angle: float = 0.01
     rounds: int = 3
     maxiter: int = 150
     jitter: float = 0.02
     seed: int = 0
+    restarts: int = 1  # extra starts from other jitters, the lowest final energy wins
+
+
+class _Problem:
+    """The fit of one graph: fixed bond and angle terms, contacts refreshed per round."""
+
+    def __init__(self, g: SlicesGraph, table: BondTable, opt: FitOptions, deadline: float):
+        self.g, self.opt, self.deadline = g, opt, deadline
+        deg = g.degrees()
+        sp = g.species
+        self.targets = np.array(
+            [table.bond_length(sp[i], deg[i], sp[j], deg[j]) for i, j in g.edges[:, :2].tolist()]
+        )
+        self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
+        self.angles = _angle_terms(g, table, deg)
+
+    def terms(self, x: np.ndarray, m: np.ndarray, w_angle: float) -> _Terms:
+        g, opt = self.g, self.opt
+        ci, cj, ct, cr = _contacts(x, m, g, self.rmin)
+        nb = len(self.targets)
+        ak, aa, ta, ab, tb, modes = self.angles
+        return _Terms(
+            n=g.n_sites,
+            pi=np.concatenate([g.edges[:, 0], ci]),
+            pj=np.concatenate([g.edges[:, 1], cj]),
+            pt=np.concatenate([g.edges[:, 2:].astype(float), ct]),
+            target=np.concatenate([self.targets, cr]),
+            weight=np.concatenate([np.ones(nb), np.full(len(cr), opt.w_repulsion)]),
+            one_sided=np.concatenate([np.zeros(nb, bool), np.ones(len(cr), bool)]),
+            ak=ak, aa=aa, ta=ta, ab=ab, tb=tb, modes=modes,
+            w_angle=w_angle, deadline=self.deadline,
+        )  # fmt: skip
+
+    def fit(self, x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        n = self.g.n_sites
+        p = np.concatenate([x.ravel(), m.ravel()])
+        e = np.inf
+        for rnd in range(self.opt.rounds):
+            tm = self.terms(x, m, self.opt.w_angle if rnd > 0 else 0.0)
+            res = minimize(
+                _energy, p, args=(tm,), jac=True, method="L-BFGS-B",
+                options={"maxiter": self.opt.maxiter, "gtol": 1e-7},
+            )  # fmt: skip
+            p, e = res.x, float(res.fun)
+            x, m = p[: 3 * n].reshape(n, 3), p[3 * n :].reshape(3, 3)
+        return x, m, e
+
+    def energy(self, x: np.ndarray, m: np.ndarray) -> float:
+        tm = self.terms(x, m, self.opt.w_angle)
+        return _energy(np.concatenate([x.ravel(), m.ravel()]), tm)[0]
 
 
 def embed(
@@ -339,40 +393,17 @@ def embed(
 ) -> Structure:
     """Coordinates and lattice for a valid SLICES graph (check() it first)."""
     opt = options or FitOptions()
-    deadline = time.perf_counter() + time_limit
-    n = g.n_sites
-    deg = g.degrees()
-    sp = g.species
-    targets = np.array(
-        [table.bond_length(sp[i], deg[i], sp[j], deg[j]) for i, j in g.edges[:, :2].tolist()]
-    )
-    x = barycentric(g)
-    m = metric_lattice(x, g, targets)
+    prob = _Problem(g, table, opt, time.perf_counter() + time_limit)
+    x0 = barycentric(g)
+    m0 = metric_lattice(x0, g, prob.targets)
     rng = np.random.default_rng(opt.seed)
-    x = x + rng.normal(scale=opt.jitter, size=x.shape)  # breaks coincident placements
-    rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
-    ak, aa, ta, ab, tb, modes = _angle_terms(g, table, deg)
-    p = np.concatenate([x.ravel(), m.ravel()])
-    for rnd in range(opt.rounds):
-        ci, cj, ct, cr = _contacts(x, m, g, rmin)
-        tm = _Terms(
-            n=n,
-            pi=np.concatenate([g.edges[:, 0], ci]),
-            pj=np.concatenate([g.edges[:, 1], cj]),
-            pt=np.concatenate([g.edges[:, 2:].astype(float), ct]),
-            target=np.concatenate([targets, cr]),
-            weight=np.concatenate([np.ones(len(targets)), np.full(len(cr), opt.w_repulsion)]),
-            one_sided=np.concatenate([np.zeros(len(targets), bool), np.ones(len(cr), bool)]),
-            ak=ak, aa=aa, ta=ta, ab=ab, tb=tb, modes=modes,
-            w_angle=opt.w_angle if rnd > 0 else 0.0,
-            deadline=deadline,
-        )  # fmt: skip
-        res = minimize(
-            _energy, p, args=(tm,), jac=True, method="L-BFGS-B",
-            options={"maxiter": opt.maxiter, "gtol": 1e-7},
-        )  # fmt: skip
-        p = res.x
-        x, m = p[: 3 * n].reshape(n, 3), p[3 * n :].reshape(3, 3)
-    if abs(np.linalg.det(m)) < 1e-3 or not np.isfinite(p).all():
+    best = None
+    for _ in range(opt.restarts):
+        x = x0 + rng.normal(scale=opt.jitter, size=x0.shape)  # breaks coincident placements
+        x, m, e = prob.fit(x, m0)
+        if best is None or e < best[2]:
+            best = (x, m, e)
+    x, m, _ = best
+    if abs(np.linalg.det(m)) < 1e-3 or not np.isfinite(m).all() or not np.isfinite(x).all():
         raise ValueError("geometry fit collapsed the cell")
-    return Structure(Lattice(m), list(sp), x - np.floor(x))
+    return Structure(Lattice(m), list(g.species), x - np.floor(x))

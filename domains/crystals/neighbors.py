@@ -80,9 +80,7 @@ def undirected(pairs: np.ndarray) -> np.ndarray:
     if len(pairs) == 0:
         return _empty()
     p = pairs.copy()
-    flip = (p[:, 0] > p[:, 1]) | (
-        (p[:, 0] == p[:, 1]) & (_lex_sign(p[:, 2:]) < 0)
-    )
+    flip = (p[:, 0] > p[:, 1]) | ((p[:, 0] == p[:, 1]) & (_lex_sign(p[:, 2:]) < 0))
     p[flip] = np.concatenate([p[flip][:, [1, 0]], -p[flip][:, 2:]], axis=1)
     return np.unique(p, axis=0)
 

@@ -123,7 +123,10 @@ def check(text: str | SlicesGraph) -> tuple[bool, str]:
         return False, str(err)
     deg = g.degrees()
     if (deg == 0).any():
-        return False, f"atom without bonds: site {int(np.argmin(deg))} ({g.species[np.argmin(deg)]})"
+        return (
+            False,
+            f"atom without bonds: site {int(np.argmin(deg))} ({g.species[np.argmin(deg)]})",
+        )
     if not g.edges[:, 2:].any(axis=0).all():
         return False, "offsets do not span the 3 axes"
     comps, rank = periodicity(g.n_sites, g.edges)
