@@ -67,6 +67,26 @@ def _tokenizer(model, args: argparse.Namespace):
     return tokenizer_from_dict({**tok.to_dict(), "policy": vars(policy)})
 
 
+def _datamodule(config: str):
+    """The `data:` datamodule of a fit stage's config.yaml (class_path / init_args)."""
+    import yaml
+    from jsonargparse import ArgumentParser
+    from pytorch_lightning import LightningDataModule
+
+    path = Path(config)
+    if not path.is_file():
+        raise _err(f"{path}: config file not found")
+    data = (yaml.safe_load(path.read_text()) or {}).get("data")
+    if not isinstance(data, dict):
+        raise _err(f"{path}: missing 'data' section (class_path / init_args)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    try:
+        return parser.instantiate_classes(parser.parse_object({"data": data})).data
+    except Exception as err:  # jsonargparse raises many types for a bad config
+        raise _err(f"{path}: bad 'data' section: {err}") from err
+
+
 def _write_metrics(out: str | None, metrics: dict) -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -79,10 +99,9 @@ def _write_metrics(out: str | None, metrics: dict) -> None:
 def cmd_classify(args: argparse.Namespace) -> dict:
     from domains.dna.inference import classify_split
     from domains.dna.metrics import classification_metrics, macro
-    from seqmodels.cli import _datamodule_from_config
 
     _threads(args)
-    dm = _datamodule_from_config(Path(args.config))
+    dm = _datamodule(args.config)
     model = _load_model(args.ckpt)
     results = classify_split(model, dm, args.split, args.rc_average, args.batch_size)
     if not results:
@@ -112,10 +131,9 @@ def cmd_classify(args: argparse.Namespace) -> dict:
 def cmd_lm_eval(args: argparse.Namespace) -> dict:
     from domains.dna.inference import score_sequences
     from domains.dna.metrics import lm_metrics
-    from seqmodels.cli import _datamodule_from_config
 
     _threads(args)
-    dm = _datamodule_from_config(Path(args.config))
+    dm = _datamodule(args.config)
     dm._ensure()
     model = _load_model(args.ckpt)
     seqs = [dm.tokenizer.decode(e["ids"]) for e in dm.splits[args.split]]
@@ -336,9 +354,9 @@ def cmd_synthetic(args: argparse.Namespace) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t" if out.suffix == ".tsv" else ",")
-        w.writerow(["task", "seq", "label", "motif_start"])
+        w.writerow(["task", "seq", "label", "motif_starts"])
         for e in ex:
-            w.writerow([e.task, e.seq, e.label, "" if e.motif_start is None else e.motif_start])
+            w.writerow([e.task, e.seq, e.label, " ".join(map(str, e.motif_starts))])
     print(f"wrote {len(ex)} synthetic examples to {out}")
     return {"n_examples": len(ex)}
 

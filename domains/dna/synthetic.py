@@ -1,8 +1,9 @@
 """The `synthetic` dataset: random background with known motifs planted in the positives.
 
-Each task has its own motif (and GC content); label 1 sequences carry the motif (with a few
-point mutations) at a jittered position, label 0 sequences carry none, and half of them carry
-a shuffled decoy with the same composition, so base counts alone do not give the label away.
+Each task has its own motif (and GC content); label 1 sequences carry `copies` copies of the
+motif (with a few point mutations) at random positions, label 0 sequences carry none. With `decoy_rate`, that
+fraction of the negatives carries a shuffled copy of the motif (same composition), so base
+counts alone cannot give the label away (harder: needs order-aware motif detection).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class SyntheticExample:
     task: str
     seq: str
     label: int
-    motif_start: int | None  # where the motif was planted (None for negatives)
+    motif_starts: list[int]  # where the motif copies were planted (empty for negatives)
 
 
 def _background(rng: np.random.Generator, n: int, gc: float) -> np.ndarray:
@@ -39,6 +40,8 @@ def synthetic_examples(
     tasks: list[str] | None = None,
     mutation_rate: float = 0.1,
     seed: int = 0,
+    decoy_rate: float = 0.0,
+    copies: int = 3,
 ) -> list[SyntheticExample]:
     """Balanced labelled examples for each task, deterministic for a seed."""
     rng = np.random.default_rng(seed)
@@ -51,21 +54,22 @@ def synthetic_examples(
         m = np.frombuffer(motif.encode(), np.uint8)
         if length < len(m) + 10:
             raise ValueError(f"length {length} too short for motif {motif!r}")
-        center = (length - len(m)) // 2
+        if length < copies * len(m) + 2:
+            raise ValueError(f"length {length} too short for {copies} x motif {motif!r}")
+        slots = length // len(m)  # non-overlapping slots a motif copy can occupy
         for i in range(n_per_task):
             seq = _background(rng, length, gc)
             label = i % 2
-            start = int(
-                np.clip(center + rng.integers(-length // 5, length // 5 + 1), 0, length - len(m))
-            )
-            if label == 1:
-                planted = m.copy()
-                hits = rng.random(len(m)) < mutation_rate
-                planted[hits] = rng.choice(np.frombuffer(b"ACGT", np.uint8), hits.sum())
-                seq[start : start + len(m)] = planted
-            elif rng.random() < 0.5:
-                seq[start : start + len(m)] = rng.permutation(m)
+            starts = sorted(int(x) * len(m) for x in rng.choice(slots, copies, replace=False))
+            for start in starts:
+                if label == 1:
+                    planted = m.copy()
+                    hits = rng.random(len(m)) < mutation_rate
+                    planted[hits] = rng.choice(np.frombuffer(b"ACGT", np.uint8), hits.sum())
+                    seq[start : start + len(m)] = planted
+                elif rng.random() < decoy_rate:
+                    seq[start : start + len(m)] = rng.permutation(m)
             out.append(
-                SyntheticExample(name, seq.tobytes().decode(), label, start if label else None)
+                SyntheticExample(name, seq.tobytes().decode(), label, starts if label else [])
             )
     return out
