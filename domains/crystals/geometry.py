@@ -108,7 +108,7 @@ class BondTable:
         table = cls(
             bond={k: float(np.median(v)) for k, v in bond.items()},
             bond_cn={k: float(np.median(v)) for k, v in bond_cn.items() if len(v) >= 3},
-            nonbond={k: float(np.quantile(v, 0.1)) for k, v in nonbond.items() if len(v) >= 3},
+            nonbond={k: float(np.quantile(v, 0.05)) for k, v in nonbond.items() if len(v) >= 3},
         )
         for src in (ang, ang_cn, ang_pair):
             for k, v in src.items():

@@ -60,8 +60,9 @@ class _State:
 class SlicesGrammar:
     """fn(ids (B, T), logits (B, V)) -> logits with -inf on tokens the grammar forbids."""
 
-    def __init__(self, vocab: Vocab, max_atoms: int | None = None):
-        self.vocab = vocab
+    def __init__(self, vocab: Vocab, max_atoms: int | None = None, canonical: bool = True):
+        """canonical=False only enforces the syntax (for models trained on permuted strings)."""
+        self.vocab, self.canonical = vocab, canonical
         self.el_ids = {}
         self.idx_ids = {}
         self.off_ids = {}
@@ -95,6 +96,8 @@ class SlicesGrammar:
     def allowed(self, st: _State) -> list[int]:
         if st.done:
             return [self.vocab.eos_id]
+        if not self.canonical:
+            return self._allowed_syntax(st)
         out: list[int] = []
         pi, pj, pt = st.prev
         if st.phase in ("elem", "i"):
@@ -115,6 +118,18 @@ class SlicesGrammar:
             out += [self.index_of[j] for j in range(lo, st.n) if self._has_offset(st, st.i, j)]
         else:  # offset
             out += [t for t, off in self.off_ids.items() if self._offset_ok(st, st.i, st.j, off)]
+        return out
+
+    def _allowed_syntax(self, st: _State) -> list[int]:
+        out: list[int] = []
+        if st.phase == "elem" and st.n < self.max_atoms:
+            out += list(self.el_ids)
+        if st.phase in ("elem", "i", "j") and st.n > 0:
+            out += [self.index_of[i] for i in range(st.n)]
+        if st.phase == "off":
+            out += [t for t, off in self.off_ids.items() if st.i != st.j or any(off)]
+        if st.phase == "i" and len(st.covered) == st.n:
+            out.append(self.vocab.eos_id)
         return out
 
     @staticmethod

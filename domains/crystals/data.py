@@ -1,0 +1,225 @@
+"""MatterGPT data: SLICES token sequences with normalised property conditions.
+
+mode "lm": ids = bos + SLICES + eos with cond = normalised properties (prefix conditioning);
+mode "regression": the same ids with label = normalised properties (property predictor).
+Splits are seeded per structure, so augmented copies (random site permutations) of one
+crystal never straddle train and test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domains.crystals.codec import canonical, encode
+from domains.crystals.io import DEFAULT_MAX_ATOMS, read_any, write_skip_log
+from domains.crystals.tokenizer import build_vocab, encode_ids
+from seqmodels.data import TokenDataModule
+
+DEFAULT_PROPERTIES = {
+    "aflow": ["density", "volume_per_atom"],
+    "csv": ["formation_energy_per_atom", "band_gap"],
+}
+
+
+def permuted(slices: str, rng: random.Random) -> str:
+    """The same crystal with its sites relabelled at random and its edges shuffled."""
+    toks = slices.split()
+    n = 0
+    while n < len(toks) and not toks[n].isdigit():
+        n += 1
+    perm = list(range(n))
+    rng.shuffle(perm)  # new label of old site k is perm[k]
+    species = [None] * n
+    for k in range(n):
+        species[perm[k]] = toks[k]
+    edges = []
+    for e in range(n, len(toks), 3):
+        i, j, off = perm[int(toks[e])], perm[int(toks[e + 1])], toks[e + 2]
+        if rng.random() < 0.5:  # reverse the edge: j sees i in the opposite image
+            i, j, off = j, i, off.translate(str.maketrans("+-", "-+"))
+        edges.append(f"{i} {j} {off}")
+    rng.shuffle(edges)
+    return " ".join(species + edges)
+
+
+class CrystalsDataModule(TokenDataModule):
+    """SLICES of crystals from AFLOW prototypes (default), a CSV, a CIF or a folder of CIFs."""
+
+    def __init__(
+        self,
+        source: str = "aflow",
+        properties: list[str] | None = None,
+        slices_column: str | None = None,
+        mode: str = "lm",
+        max_atoms: int = 20,
+        augment: int = 0,
+        method: str = "econnn",
+        limit: int | None = None,
+        log_dir: str | None = None,
+        torch_threads: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if mode not in ("lm", "regression"):
+            raise ValueError(f"mode must be lm or regression, got {mode!r}")
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)  # small models on a shared CPU: 1 is fastest
+        self.source, self.mode, self.max_atoms = source, mode, max_atoms
+        kind = "aflow" if source in (None, "aflow") else "csv"
+        self.properties = list(properties or DEFAULT_PROPERTIES[kind])
+        self.slices_column, self.augment, self.method = slices_column, augment, method
+        self.limit, self.log_dir = limit, log_dir
+        self.vocab = build_vocab(DEFAULT_MAX_ATOMS)
+        self.skipped: list = []
+
+    # ------------------------------------------------------------------ records
+    @cached_property
+    def records(self) -> list[dict]:
+        """[{id, slices, props (raw), structure or None}] for every usable record."""
+        if self.slices_column:
+            return self._slices_records()
+        recs, self.skipped = (
+            read_any(
+                self.source,
+                max_atoms=self.max_atoms,
+                limit=self.limit,
+                prop_columns=self.properties,
+            )
+            if str(self.source).endswith(".csv")
+            else read_any(self.source, max_atoms=self.max_atoms)
+        )
+        out = []
+        from domains.crystals.io import Skipped
+
+        for r in recs:
+            if any(p not in r.props for p in self.properties):
+                self.skipped.append(Skipped(r.id, f"missing properties {self.properties}"))
+                continue
+            try:
+                s = encode(r.structure, self.method)
+            except ValueError as err:
+                self.skipped.append(Skipped(r.id, f"cannot encode: {err}"))
+                continue
+            props = [r.props[p] for p in self.properties]
+            out.append({"id": r.id, "slices": s, "props": props, "structure": r.structure})
+        self._log()
+        return out
+
+    def _slices_records(self) -> list[dict]:
+        import csv
+
+        from domains.crystals.io import Skipped
+        from domains.crystals.slices import check
+
+        out = []
+        with open(self.source, newline="") as fh:
+            for k, row in enumerate(csv.DictReader(fh)):
+                if self.limit is not None and k >= self.limit:
+                    break
+                rid = f"{self.source}:row {k}"
+                ok, why = check(row[self.slices_column])
+                if not ok:
+                    self.skipped.append(Skipped(rid, why))
+                    continue
+                try:
+                    props = [float(row[p]) for p in self.properties]
+                except (KeyError, ValueError):
+                    self.skipped.append(Skipped(rid, f"missing properties {self.properties}"))
+                    continue
+                s = canonical(row[self.slices_column])
+                if len(s.split()) and _n_sites(s) > self.max_atoms:
+                    self.skipped.append(Skipped(rid, f"over {self.max_atoms} atoms"))
+                    continue
+                out.append({"id": rid, "slices": s, "props": props, "structure": None})
+        self._log()
+        return out
+
+    def _log(self) -> None:
+        if self.log_dir and self.skipped:
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+            write_skip_log(self.skipped, Path(self.log_dir) / "skipped.jsonl")
+
+    # ------------------------------------------------------------------ splits and stats
+    @cached_property
+    def record_split(self) -> list[str]:
+        rng = np.random.default_rng(self.seed)
+        perm = rng.permutation(len(self.records))
+        n_val = round(len(perm) * self.val_fraction)
+        n_test = round(len(perm) * self.test_fraction)
+        split = ["train"] * len(perm)
+        for rank, i in enumerate(perm):
+            split[i] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        return split
+
+    @cached_property
+    def stats(self) -> dict:
+        """Mean, std, min and max of each property over the training records."""
+        train = np.array(
+            [r["props"] for r, s in zip(self.records, self.record_split) if s == "train"]
+        )
+        std = train.std(0)
+        return {
+            "names": self.properties,
+            "mean": train.mean(0).tolist(),
+            "std": np.where(std > 0, std, 1.0).tolist(),
+            "min": train.min(0).tolist(),
+            "max": train.max(0).tolist(),
+        }
+
+    def normalise(self, props) -> list[float]:
+        m, s = np.array(self.stats["mean"]), np.array(self.stats["std"])
+        return ((np.asarray(props, float) - m) / s).tolist()
+
+    def denormalise(self, z) -> np.ndarray:
+        return np.asarray(z, float) * np.array(self.stats["std"]) + np.array(self.stats["mean"])
+
+    def train_structures(self) -> list:
+        return [
+            r["structure"]
+            for r, s in zip(self.records, self.record_split)
+            if s == "train" and r["structure"] is not None
+        ]
+
+    def train_slices(self) -> list[str]:
+        return [r["slices"] for r, s in zip(self.records, self.record_split) if s == "train"]
+
+    # ------------------------------------------------------------------ examples
+    def build(self) -> list[dict]:
+        rng = random.Random(self.seed)
+        out = []
+        for r, split in zip(self.records, self.record_split):
+            variants = [r["slices"]]
+            if split == "train":
+                variants += [permuted(r["slices"], rng) for _ in range(self.augment)]
+            z = self.normalise(r["props"])
+            for v in variants:
+                e = {"ids": encode_ids(v, self.vocab), "split": split}
+                if self.mode == "lm":
+                    e["cond"] = z
+                else:
+                    e["label"], e["task"] = z, 0
+                out.append(e)
+        return out
+
+    def describe(self) -> dict:
+        return {"records": len(self.records), "skipped": len(self.skipped), **self.stats}
+
+    def save_stats(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.describe(), indent=1))
+
+
+def _n_sites(slices: str) -> int:
+    n = 0
+    for t in slices.split():
+        if t.isdigit():
+            break
+        n += 1
+    return n
