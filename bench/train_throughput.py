@@ -1,0 +1,151 @@
+"""Training throughput of the seqmodels transformer against litgpt's GPT at the same shape.
+
+Default: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, width 128, block 64, batch 12,
+vocab 65, AdamW, grad clip 1.0). Both models run the same step (forward, cross-entropy,
+backward, clip, AdamW) in the same process, alternating rounds. Also: bf16 autocast vs
+fp32 for ours, and model-FLOPs utilisation at width 512 against the matmul peak measured
+in the same run. `--device cuda --shape gpt2` runs the 124M GPT-2 shape in bf16.
+
+    python bench/train_throughput.py [--rounds 5] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import alternate, emit, environment, matmul_peak, time_per_call  # noqa: E402
+
+from seqmodels.module import SeqLM  # noqa: E402
+
+SHAPES = {
+    "baby": dict(n_layers=4, n_heads=4, d_model=128, block=64, batch=12, vocab=65),
+    "mfu512": dict(n_layers=4, n_heads=8, d_model=512, block=64, batch=12, vocab=65),
+    "gpt2": dict(n_layers=12, n_heads=12, d_model=768, block=1024, batch=8, vocab=50304),
+}
+
+
+def ours(shape: dict, device: str) -> torch.nn.Module:
+    return SeqLM(
+        vocab_size=shape["vocab"],
+        d_model=shape["d_model"],
+        n_layers=shape["n_layers"],
+        n_heads=shape["n_heads"],
+        max_len=shape["block"],
+    ).to(device)
+
+
+def litgpt_model(shape: dict, device: str) -> torch.nn.Module:
+    from litgpt import GPT, Config
+
+    cfg = Config(
+        block_size=shape["block"],
+        vocab_size=shape["vocab"],
+        padded_vocab_size=shape["vocab"],
+        n_layer=shape["n_layers"],
+        n_head=shape["n_heads"],
+        n_embd=shape["d_model"],
+    )
+    return GPT(cfg).to(device)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def step_fn(model, shape: dict, device: str, autocast: torch.dtype | None):
+    """One training step as a closure; both models take ids (B, T) and return logits."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, shape["vocab"], (shape["batch"], shape["block"] + 1), generator=g)
+    x = x.to(device)
+    inp, tgt = x[:, :-1], x[:, 1:]
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+
+    def step() -> None:
+        ctx = torch.autocast(kind, dtype=autocast) if autocast else contextlib.nullcontext()
+        with ctx:
+            logits = model(inp) if not isinstance(model, SeqLM) else model(ids=inp)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def flops_per_token(model: torch.nn.Module, shape: dict) -> float:
+    """6N for the weights plus attention scores and values (PaLM appendix B)."""
+    return 6 * n_params(model) + 12 * shape["n_layers"] * shape["d_model"] * shape["block"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", default="baby", choices=sorted(SHAPES))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20, help="steps timed per round")
+    ap.add_argument("--no-litgpt", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    dev = args.device
+    shape = SHAPES[args.shape]
+    tokens = shape["batch"] * shape["block"]
+    result: dict = {"bench": "train_throughput", "shape": args.shape, **environment(dev)}
+    bf16 = torch.bfloat16 if dev.startswith("cuda") else None  # GPU runs in bf16
+
+    models = {"seqmodels": ours(shape, dev)}
+    if not args.no_litgpt:
+        models["litgpt"] = litgpt_model(shape, dev)
+    steps = {k: step_fn(m, shape, dev, bf16) for k, m in models.items()}
+    timers = {k: (lambda s=s: time_per_call(s, args.steps, dev)) for k, s in steps.items()}
+    sec = alternate(timers, args.rounds)
+    for k, s in sec.items():
+        result[f"{k}_ms_per_step"] = round(s * 1e3, 2)
+        result[f"{k}_tokens_per_s"] = round(tokens / s)
+        result[f"{k}_params"] = n_params(models[k])
+    if "litgpt" in sec:
+        result["speedup_vs_litgpt"] = round(sec["litgpt"] / sec["seqmodels"], 3)
+
+    if dev == "cpu":
+        # bf16 autocast vs fp32 for our model at this shape.
+        m16 = ours(shape, dev)
+        s16 = alternate(
+            {
+                "bf16": lambda: time_per_call(
+                    step_fn(m16, shape, dev, torch.bfloat16), args.steps, dev
+                )
+            },
+            args.rounds,
+        )["bf16"]
+        result["seqmodels_bf16_ms_per_step"] = round(s16 * 1e3, 2)
+        result["bf16_speedup_vs_fp32"] = round(sec["seqmodels"] / s16, 3)
+        # MFU at width 512 against the matmul peak measured now.
+        wide = SHAPES["mfu512"]
+        peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+        for name, dt in (("fp32", None), ("bf16", torch.bfloat16)):
+            m = ours(wide, dev)
+            s = time_per_call(step_fn(m, wide, dev, dt), args.steps, dev)
+            achieved = flops_per_token(m, wide) * wide["batch"] * wide["block"] / s / 1e9
+            result[f"width512_{name}_gflops"] = round(achieved, 1)
+            result[f"matmul_peak_{name}_gflops"] = round(peaks[name], 1)
+            result[f"width512_{name}_mfu"] = round(achieved / peaks[name], 3)
+    else:
+        peak = matmul_peak(torch.bfloat16, dev, n=8192, reps=20)
+        m = models["seqmodels"]
+        achieved = flops_per_token(m, shape) * tokens / sec["seqmodels"] / 1e9
+        result["matmul_peak_bf16_gflops"] = round(peak, 1)
+        result["seqmodels_gflops"] = round(achieved, 1)
+        result["seqmodels_mfu"] = round(achieved / peak, 3)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
