@@ -4,5 +4,6 @@ from .attention import AttentionSpec
 from .transformer import Transformer
 
 BACKBONES: dict[str, type] = {"transformer": Transformer}
+BACKBONES["mamba"] = __import__(f"{__name__}.mamba", fromlist=["MambaBackbone"]).MambaBackbone
 
 __all__ = ["BACKBONES", "AttentionSpec", "Transformer"]
