@@ -91,7 +91,9 @@ def _evaluate(model, em, sections, args, out: Path, t_train: float | None = None
     m["sections"] = f"{sl.start}:{sl.stop}"
     m.update({f"ws_{k}": v for k, v in ws.items()})
     name = args.name or out.name
-    boundary_figure(raw, aff, seg, lab, out / f"boundaries_{name}.png", f"{name} ({em.name})")
+    boundary_figure(
+        raw, aff, seg, lab, out / f"boundaries_{name}.png", f"{name} ({em.name})", z_offset=sl.start
+    )
     write_json(out / "metrics.json", m)
     print(json.dumps(m))
     return m

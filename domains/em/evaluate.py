@@ -43,6 +43,7 @@ def boundary_figure(
     path: Path,
     title: str,
     z: int | None = None,
+    z_offset: int = 0,
 ) -> None:
     """Predicted boundary probability (1 - mean in-plane affinity) over the raw section,
     beside the watershed's segment borders (red) and the true ones (cyan)."""
@@ -65,7 +66,7 @@ def boundary_figure(
     ax[1].set_title("watershed borders (red), true borders (cyan)")
     for a in ax:
         a.axis("off")
-    fig.suptitle(f"{title}, section {z}")
+    fig.suptitle(f"{title}, section {z + z_offset}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
