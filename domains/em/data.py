@@ -136,12 +136,14 @@ class EMDataModule(TokenDataModule):
 
 
 def _augment(c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Flips and 90-degree in-plane rotations: symmetries of EM sections."""
+    """Flips and in-plane rotations (by 90 degrees only for square crops, so the shape
+    stays): symmetries of EM sections."""
     if rng.random() < 0.5:
         c = c[:, ::-1]
     if rng.random() < 0.5:
         c = c[:, :, ::-1]
-    return np.rot90(c, int(rng.integers(4)), axes=(1, 2))
+    k = int(rng.integers(4)) if c.shape[1] == c.shape[2] else 2 * int(rng.integers(2))
+    return np.rot90(c, k, axes=(1, 2))
 
 
 __all__ = ["EMData", "EMDataModule", "load_source", "normalise", "section_range"]

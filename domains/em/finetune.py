@@ -166,7 +166,9 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, i])
         o = random_crop_origin(self.raw.shape, self.crop, rng)
         r, lab = crop_at(self.raw, o, self.crop), crop_at(self.labels, o, self.crop)
-        k, fy, fx = int(rng.integers(4)), rng.random() < 0.5, rng.random() < 0.5
+        square = self.crop[1] == self.crop[2]  # 90-degree turns would change the shape
+        k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        fy, fx = rng.random() < 0.5, rng.random() < 0.5
         r, lab = (_flip_rot(a, k, fy, fx) for a in (r, lab))
         aff, valid = affinities(lab)
         if self.per_section:

@@ -8,7 +8,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-import domains.em  # noqa: F401  (registers the mamba backbone)
 from domains.em.data import EMDataModule, load_source
 from domains.em.finetune import AffinityModel, train_affinities
 from domains.em.segmentation import metrics, watershed
@@ -34,6 +33,12 @@ def test_datamodule_continuous_and_discrete():
     dq.setup("fit")
     ids = dq.splits["train"][0]["ids"]
     assert len(ids) == 8 and all(dq.vocab.id_to_token(i).startswith("q") for i in ids)
+
+
+def test_rectangular_crops_keep_their_shape_under_augmentation():
+    dm = EMDataModule(**{**SMALL, "crop": (8, 16, 48)}, n_crops=12, batch_size=2)
+    dm.setup("fit")
+    assert {tuple(e["x"].shape) for s in dm.splits.values() for e in s} == {(6, 1024)}
 
 
 def test_datamodule_bad_crop_and_sections():
