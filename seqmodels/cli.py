@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+CORE_COMMANDS = ("run", "generate", "evaluate", "export")
 # The recipe runner sets this so a stage run in a subprocess can hand back its metrics.
 RESULT_ENV = "SEQMODELS_RESULT"
 
@@ -119,13 +120,14 @@ def _lightning_cli_class() -> type:
             parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
 
         def _parse_ckpt_path(self) -> None:
-            # LightningCLI reads --ckpt_path with a bare torch.load before training: check it
-            # first, so a missing, corrupt or foreign file is a CheckpointError naming it.
+            # LightningCLI would torch.load --ckpt_path here and merge its hyperparameters into
+            # the model config; that fails for models that record derived values (vocab) and
+            # the config is the source of truth anyway. Only check the file, so a missing,
+            # corrupt or foreign one is a CheckpointError naming it, not a traceback.
             sub = self.config.get("subcommand")
             path = self.config[sub].get("ckpt_path") if sub else None
             if path and not str(path).startswith(("last", "best", "hpc", "registry")):
                 load_checkpoint(path)
-            super()._parse_ckpt_path()
 
         def instantiate_trainer(self, **kwargs: Any):
             config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
@@ -394,7 +396,8 @@ def _datamodule_from_config(path: Path):
         parsed = parser.parse_object({"data": config["data"]})
     except Exception as err:  # jsonargparse reports bad configs with many exception types
         raise CLIError(f"{path}: bad 'data' section: {err}") from err
-    return parser.instantiate(parsed).data
+    instantiate = getattr(parser, "instantiate", parser.instantiate_classes)  # renamed in 4.49
+    return instantiate(parsed).data
 
 
 def _test_split(args: argparse.Namespace) -> dict[str, float]:
@@ -476,7 +479,8 @@ def _add_domain_commands(subparsers: argparse._SubParsersAction) -> None:
             )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(domains: bool = True) -> argparse.ArgumentParser:
+    """The argparse tree; `domains=False` skips importing the domain plugins (slow)."""
     parser = argparse.ArgumentParser(
         prog="seqmodels",
         description="Train, sample and evaluate sequence models on non-text tokens.",
@@ -538,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "out", required=True, help="output folder")
     p.set_defaults(func=cmd_export)
 
-    _add_domain_commands(sub)
+    if domains:
+        _add_domain_commands(sub)
     return parser
 
 
@@ -583,7 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             metrics: Any = run_lightning(argv)
         else:
-            parser = build_parser()
+            # A core command needs no domain plugins: skip importing them.
+            parser = build_parser(domains=not argv or argv[0] not in CORE_COMMANDS)
             args = parser.parse_args(argv)
             handler: Callable | None = getattr(args, "func", None)
             if handler is None:

@@ -1,6 +1,7 @@
 """The multi-stage recipe runner behind `seqmodels run RECIPE --out DIR`.
 
-A recipe is YAML: `stages: [{name, command, config?, args?}]`. Stages run in order, each
+A recipe is YAML: `stages: [{name, command, config?, args?, env?}]` (`env`, also at the top
+level, sets environment variables of the stage processes). Stages run in order, each
 as its own `python -m seqmodels.cli COMMAND ...` process writing to `<out>/<stage>/` (a
 subprocess keeps stages independent, and lets Lightning's DDP launcher re-run exactly the
 stage's command in its worker processes). A stage that finishes writes `<stage>/.done`;
@@ -23,8 +24,8 @@ from typing import Any
 import yaml
 
 FIT_LIKE = ("fit", "validate", "test", "predict")
-RECIPE_KEYS = {"stages", "name", "description"}
-STAGE_KEYS = {"name", "command", "config", "args", "description"}
+RECIPE_KEYS = {"stages", "name", "description", "env"}
+STAGE_KEYS = {"name", "command", "config", "args", "env", "description"}
 DONE = ".done"
 RESULT = ".result.json"
 _REF = re.compile(r"\$\{([^}]*)\}")
@@ -45,6 +46,7 @@ class Stage:
     command: list[str]
     config: dict | None = None
     args: dict = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def fit_like(self) -> bool:
@@ -106,6 +108,7 @@ def load_recipe(path: str | Path, out: str | Path) -> list[Stage]:
         raise RecipeError(f"{path}: 'stages' must be a non-empty list")
 
     out = Path(out)
+    recipe_env = _env(data.get("env"), "env", path)
     parser = build_parser()
     stages: list[Stage] = []
     refs = {"out": str(out)}
@@ -150,9 +153,19 @@ def load_recipe(path: str | Path, out: str | Path) -> list[Stage]:
         if not isinstance(args, dict):
             raise RecipeError(f"{path}: {where}: 'args' must be a mapping of flag: value")
         args = _substitute(args, refs, f"{where}.args", path)
-        stages.append(Stage(name, words, config, args))
+        env = {**recipe_env, **_env(raw.get("env"), f"{where}.env", path)}
+        stages.append(Stage(name, words, config, args, env))
         refs[f"stages.{name}"] = str(out / name)
     return stages
+
+
+def _env(value: Any, where: str, path: Path) -> dict[str, str]:
+    """Environment variables for a stage's process (e.g. OMP_NUM_THREADS)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{path}: {where} must be a mapping of NAME: value")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _flags(args: dict, fit_like: bool) -> list[str]:
@@ -229,7 +242,7 @@ def run_stage(stage: Stage, out: Path) -> StageResult:
     result_file.unlink(missing_ok=True)
     print(f"[{stage.name}] {'resuming ' if resumed else ''}seqmodels {command}", flush=True)
     start = time.perf_counter()
-    env = {**os.environ, "SEQMODELS_RESULT": str(result_file)}
+    env = {**os.environ, **stage.env, "SEQMODELS_RESULT": str(result_file)}
     code = subprocess.run(cmd, env=env).returncode
     wall = time.perf_counter() - start
     if code != 0:

@@ -162,6 +162,7 @@ def test_fit_resuming_from_a_corrupt_checkpoint_fails_cleanly(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 2
     assert f"seqmodels: error: {bad}" in proc.stderr

@@ -1,0 +1,227 @@
+"""The recipe runner: checking and substitution, stage order, resume of a killed fit stage,
+skip on rerun, metrics.json and report.md; and report.md on its own."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from seqmodels import cli
+from seqmodels.recipes import RecipeError, StageResult, _flags, load_recipe
+from seqmodels.report import write_report
+
+TESTS = Path(__file__).resolve().parent
+KILL_ENV = "SEQMODELS_TEST_KILL_AT"
+
+
+class KillAt(pl.Callback):
+    """A crash on demand: SIGKILL once training reaches the step in $SEQMODELS_TEST_KILL_AT."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        at = os.environ.get(KILL_ENV)
+        if at and trainer.global_step >= int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_references_are_substituted(tmp_path):
+    recipe = _write(
+        tmp_path / "r.yaml",
+        {
+            "stages": [
+                {
+                    "name": "a",
+                    "command": "fit",
+                    "config": {"trainer": {"default_root_dir": "${stage}/x"}},
+                },
+                {
+                    "name": "b",
+                    "command": "generate",
+                    "args": {"ckpt": "${stages.a}/checkpoints/last.ckpt", "out": "${out}/s.txt"},
+                },
+            ]
+        },
+    )
+    a, b = load_recipe(recipe, tmp_path / "out")
+    assert a.config == {"trainer": {"default_root_dir": f"{tmp_path}/out/a/x"}}
+    assert b.args == {
+        "ckpt": f"{tmp_path}/out/a/checkpoints/last.ckpt",
+        "out": f"{tmp_path}/out/s.txt",
+    }
+    assert a.fit_like and not b.fit_like
+
+
+@pytest.mark.parametrize(
+    "stages,needle",
+    [
+        ([{"name": "a", "command": "fitt"}], "unknown command 'fitt'"),
+        ([{"name": "a", "command": "generate nothing"}], "unknown command 'generate nothing'"),
+        ([{"name": "a"}], "missing key 'command'"),
+        ([{"command": "fit"}], "missing key 'name'"),
+        ([{"name": "a", "command": "fit", "arg": {}}], "unknown key 'arg'"),
+        (
+            [{"name": "a", "command": "export", "args": {"ckpt": "${stages.b}/x"}}],
+            "unknown reference ${stages.b}",
+        ),
+        ([{"name": "a", "command": "export", "config": {}}], "key 'config' is only for"),
+        ([{"name": "a", "command": "fit"}, {"name": "a", "command": "fit"}], "duplicate stage"),
+    ],
+)
+def test_bad_recipes_name_the_key_and_the_file(tmp_path, stages, needle):
+    recipe = _write(tmp_path / "bad.yaml", {"stages": stages})
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, tmp_path / "out")
+    assert str(recipe) in str(err.value) and needle in str(err.value)
+
+
+def test_recipe_without_stages_and_with_unknown_top_level_key(tmp_path):
+    with pytest.raises(RecipeError, match="missing key 'stages'"):
+        load_recipe(_write(tmp_path / "a.yaml", {"description": "x"}), tmp_path)
+    with pytest.raises(RecipeError, match="unknown key 'stage'"):
+        load_recipe(_write(tmp_path / "b.yaml", {"stage": []}), tmp_path)
+
+
+def test_bad_recipe_through_the_cli_is_one_line_and_exit_2(tmp_path, capsys):
+    recipe = _write(tmp_path / "bad.yaml", {"stages": [{"name": "a", "command": "nope"}]})
+    assert cli.main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"seqmodels: error: {recipe}: stage 'a': unknown command 'nope'" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing runs before the whole recipe checks out
+
+
+def test_flags_for_lightning_and_argparse_commands():
+    args = {"trainer.max_steps": 5, "flag": True, "off": False, "xs": [1, 2], "none": None}
+    assert _flags(args, fit_like=True) == [
+        "--trainer.max_steps", "5", "--flag", "true", "--off", "false",
+        "--xs", "[1, 2]", "--none", "null",
+    ]  # fmt: skip
+    assert _flags(args, fit_like=False) == ["--trainer.max_steps", "5", "--flag", "--xs", "1", "2"]
+
+
+def _recipe(tmp_path: Path) -> Path:
+    tiny = {
+        "seed_everything": 0,
+        "model": {
+            "class_path": "seqmodels.module.SeqLM",
+            "init_args": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 32},
+        },
+        "data": {
+            "class_path": "seqmodels.synthetic.DyckDataModule",
+            "init_args": {"n_examples": 300, "batch_size": 16},
+        },
+        "trainer": {
+            "max_steps": 8,
+            "log_every_n_steps": 2,
+            "enable_model_summary": False,
+            "accelerator": "cpu",
+            "devices": 1,
+            "callbacks": [{"class_path": "test_recipes.KillAt"}],
+        },
+        "checkpoint": {"every_n_train_steps": 3},
+    }
+    return _write(
+        tmp_path / "recipe.yaml",
+        {
+            "stages": [
+                {
+                    "name": "train",
+                    "command": "fit",
+                    "config": tiny,
+                    "args": {"model.init_args.warmup_steps": 2, "trainer.limit_val_batches": 2},
+                },
+                {
+                    "name": "score",
+                    "command": "evaluate",
+                    "args": {
+                        "ckpt": "${stages.train}/checkpoints/last.ckpt",
+                        "metric": "seqmodels.synthetic:dyck_metrics",
+                        "processor": "seqmodels.synthetic:dyck_processor",
+                        "n": 8,
+                        "max-new-tokens": 26,
+                        "out": "${stage}",
+                    },
+                },
+            ]
+        },
+    )
+
+
+def _run(recipe: Path, out: Path, **env) -> subprocess.CompletedProcess:
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # for KillAt
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **env}
+    cmd = [sys.executable, "-m", "seqmodels.cli", "run", str(recipe), "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_killed_fit_resumes_then_rerun_skips_everything(tmp_path):
+    recipe, out = _recipe(tmp_path), tmp_path / "out"
+    last = out / "train" / "checkpoints" / "last.ckpt"
+
+    killed = _run(recipe, out, **{KILL_ENV: "5"})
+    assert killed.returncode == 1
+    assert "stage 'train' (seqmodels fit) failed" in killed.stderr
+    assert not (out / "train" / ".done").exists() and not (out / "score").exists()
+    assert torch.load(last, weights_only=True)["global_step"] == 3  # saved every 3 steps
+
+    resumed = _run(recipe, out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[train] resuming seqmodels fit" in resumed.stdout
+    assert resumed.stdout.index("[train]") < resumed.stdout.index("[score]")
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+    assert yaml.safe_load((out / "train" / "config.yaml").read_text())["trainer"]["max_steps"] == 8
+    # The resumed run logged from step 3 on, in a second CSV version.
+    logs = sorted((out / "train" / "lightning_logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2
+    steps = [int(r["step"]) for r in csv.DictReader(logs[1].open()) if r.get("train/loss")]
+    assert steps and min(steps) >= 3
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"train", "score"}
+    assert "train/loss" in metrics["train"]
+    assert metrics["score"]["valid_fraction"] == 1.0  # the grammar processor was applied
+    assert metrics["score"]["n_samples"] == 8
+    report = (out / "report.md").read_text()
+    assert "| train | `seqmodels fit` | resumed |" in report
+    assert "| score | valid_fraction | 1 |" in report
+    assert "![train_loss](plots/train_loss.png)" in report
+    assert (out / "plots" / "train_loss.png").stat().st_size > 1000
+
+    again = _run(recipe, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[train] done before; skipped" in again.stdout
+    assert "[score] done before; skipped" in again.stdout
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+
+
+def test_report_plots_csv_losses_and_embeds_stage_pngs(tmp_path):
+    stage = tmp_path / "train"
+    (stage / "lightning_logs" / "version_0").mkdir(parents=True)
+    with (stage / "lightning_logs" / "version_0" / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "step", "train/loss", "val/loss"])
+        w.writerows([[0, 1, 2.0, ""], [0, 3, 1.5, ""], [0, 3, "", 1.6], [0, 5, 1.2, ""]])
+    (tmp_path / "plot").mkdir()
+    (tmp_path / "plot" / "fig.png").write_bytes(b"\x89PNG fake")
+    results = [
+        StageResult("train", "fit", "ran", 1.0, {"train/loss": 1.2}),
+        StageResult("plot", "toy plot", "skipped", 0.5, {"nested": {"a": 0.25}}),
+    ]
+    path = write_report(tmp_path, Path("r.yaml"), results, 1.5)
+    text = path.read_text()
+    assert "| train | train/loss | 1.2 |" in text and "| plot | nested.a | 0.25 |" in text
+    assert "![train_loss](plots/train_loss.png)" in text and "![fig](plot/fig.png)" in text
+    assert (tmp_path / "plots" / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
