@@ -52,6 +52,12 @@ def main() -> None:
         out["mamba_ssm"] = mamba_ssm.__version__
     except Exception as err:  # absent, or its CUDA extension failing to load
         out["mamba_ssm"] = f"unavailable: {type(err).__name__}: {err}"
+    try:
+        import causal_conv1d
+
+        out["causal_conv1d"] = getattr(causal_conv1d, "__version__", "installed")
+    except Exception as err:
+        out["causal_conv1d"] = f"unavailable: {type(err).__name__}: {err}"
     fused_ok = _fused() is not None
     out["fused_path"] = fused_ok
 

@@ -177,10 +177,12 @@ def selective_scan(
 
 @lru_cache(maxsize=1)
 def _fused():
-    """mamba-ssm's fused kernels, or None when mamba_ssm (or its CUDA build) is absent."""
+    """mamba-ssm's fused kernels, or None when mamba_ssm, causal-conv1d (which its fused path
+    needs, as mamba-ssm's own `Mamba` checks) or their CUDA builds are absent."""
     try:
+        from causal_conv1d import causal_conv1d_fn  # noqa: F401
         from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
-    except Exception:  # ImportError, or its CUDA extension failing to load
+    except Exception:  # ImportError, or a CUDA extension failing to load
         return None
     return mamba_inner_fn
 
