@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+from pymatgen.analysis.local_env import EconNN
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from domains.crystals.codec import canonical, decode, encode, encode_info, wrapped
+from domains.crystals.data import permuted
+from domains.crystals.geometry import BondTable
+from domains.crystals.io import aflow_prototypes
+from domains.crystals.neighbors import econ_pairs
+from domains.crystals.slices import check, parse
+
+STRICT = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
+
+
+@pytest.mark.parametrize("name", ["rocksalt", "perovskite", "rutile"])
+def test_round_trip_matches_input(name, request):
+    s = request.getfixturevalue(name)
+    table = BondTable.fit([s])  # bond statistics of the structure itself
+    text = encode(s)
+    assert check(text) == (True, "valid")
+    res = decode(text, table)
+    assert res.ok, res.reason
+    assert STRICT.fit(s, res.structure)
+
+
+def test_econnn_matches_pymatgen(rutile, perovskite):
+    for s in (wrapped(rutile), wrapped(perovskite)):
+        mine = {tuple(r) for r in econ_pairs(s).tolist()}
+        ref = {
+            (i, nn["site_index"], *np.rint(nn["image"]).astype(int).tolist())
+            for i, infos in enumerate(EconNN().get_all_nn_info(s))
+            for nn in infos
+        }
+        assert mine == ref
+
+
+def test_canonical_is_invariant_to_site_order(permute):
+    rng = np.random.default_rng(0)
+    records, _ = aflow_prototypes(max_atoms=12)
+    for r in records[:25]:
+        ref = encode(r.structure)
+        for _ in range(3):
+            assert encode(permute(r.structure, rng)) == ref, r.id
+
+
+def test_canonical_is_invariant_to_edge_order_and_orientation(rutile):
+    import random
+
+    ref = encode(rutile)
+    for seed in range(5):
+        assert canonical(permuted(ref, random.Random(seed))) == ref
+
+
+def test_layered_structure_gets_contacts_and_decodes(graphite):
+    info = encode_info(graphite)
+    assert info.n_contacts > 0
+    assert check(info.slices)[0]
+    assert decode(info.slices, BondTable.fit([graphite])).ok
+
+
+def test_long_bonds_use_a_supercell_not_clamping(rocksalt):
+    # the same crystal in a very skewed cell: bonds span up to 4 cells along one axis
+    skewed = rocksalt.copy()
+    skewed.make_supercell([[1, 4, 0], [0, 1, 0], [0, 0, 1]])
+    info = encode_info(skewed)
+    g = parse(info.slices)
+    assert np.abs(g.edges[:, 2:]).max() <= 1
+    assert info.supercell != (1, 1, 1)
+    res = decode(info.slices, BondTable.fit([rocksalt]))
+    assert res.ok and STRICT.fit(rocksalt, res.structure)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("Xx 0 0 +oo", "does not parse"),
+        ("Na Cl 0 1", "not a whole number"),
+        ("Na Cl 0 2 ooo", "names site 2"),
+        ("Na Cl 0 1 oo*", "offset"),
+        ("Na Cl Cl 0 1 ooo 0 1 +oo 0 1 o+o 0 1 oo+", "atom without bonds"),
+        ("Na Cl 0 1 ooo 0 1 +oo 0 1 o+o", "offsets do not span the 3 axes"),
+        ("Na Na Cl Cl 0 2 +oo 0 0 o+o 0 0 oo+ 1 3 +oo 1 1 o+o 1 1 oo+", "not connected"),
+        ("Na Cl 0 1 ooo 0 1 ++o 0 0 oo+ 1 1 oo+", "does not span 3 dimensions"),
+    ],
+)
+def test_check_reasons(text, reason):
+    ok, why = check(text)
+    assert not ok and reason in why
+
+
+def test_decode_reports_failure_instead_of_raising():
+    res = decode("Na Cl 0 1 ooo")
+    assert not res.ok and "offsets do not span" in res.reason
+
+
+def test_decode_time_limit():
+    res = decode(encode_info_of_big(), time_limit=1e-4)
+    assert not res.ok and "time limit" in res.reason
+
+
+def encode_info_of_big() -> str:
+    records, _ = aflow_prototypes(max_atoms=40)
+    big = max(records, key=lambda r: len(r.structure))
+    return encode(big.structure)
+
+
+def test_reads_older_format_strings():
+    older = "Sr Cd Cd P P 0 3 -o- 0 3 oo- 0 3 --- 0 4 o-o 0 4 --o 0 4 ooo 1 3 ooo 1 3 -oo"
+    older += " 1 3 o+o 1 4 ooo 2 4 ooo 2 4 +oo 2 4 o-o 2 3 ooo"
+    assert check(older) == (True, "valid")
+    assert decode(older).ok
