@@ -288,6 +288,11 @@ def sample_from_args(args: argparse.Namespace) -> list[dict]:
         raise CLIError(f"--prompt: {err.args[0]}") from err
     if conds is not None and len(prompts) not in (1, len(conds)):
         raise CLIError(f"{len(prompts)} prompts for {len(conds)} conditions; give 1 or one each")
+    d_cond = int(getattr(model.hparams, "d_cond", 0) or 0)
+    if conds is not None and len(conds[0]) != d_cond:
+        raise CLIError(
+            f"{args.ckpt}: the model takes condition vectors of size {d_cond}, got {len(conds[0])}"
+        )
     n_rows = len(conds) if conds is not None else len(prompts)
     processor = load_object(args.processor)(vocab) if args.processor else None
 

@@ -217,3 +217,50 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
     assert _last_step(tmp_path / "checkpoints" / "last.ckpt") == 3
+
+
+def test_generate_n_samples_per_condition(tmp_path, capsys):
+    from seqmodels.data import ExamplesDataModule
+    from seqmodels.module import SeqLM
+    from seqmodels.synthetic import dyck_vocab
+
+    vocab = dyck_vocab(2)
+    examples = [
+        {
+            "ids": vocab.encode(list("()" * (1 + i % 3)), add_bos=True, add_eos=True),
+            "cond": [i % 2, 1.0],
+        }
+        for i in range(40)
+    ]
+    dm = ExamplesDataModule(examples, vocab, batch_size=8)
+    model = SeqLM(d_model=16, n_layers=1, n_heads=2, max_len=16, warmup_steps=1)
+    trainer = pl_trainer(tmp_path)
+    trainer.fit(model, datamodule=dm)
+    ckpt = tmp_path / "cond.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    out = tmp_path / "s.jsonl"
+    argv = ["generate", "--ckpt", str(ckpt), "--n", "3", "--max-new-tokens", "8"]
+    assert cli.main([*argv, "--cond", "[[0, 1], [1, 1]]", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["cond"] for r in rows] == [[0.0, 1.0]] * 3 + [[1.0, 1.0]] * 3
+    # A condition of the wrong size is bad input: one line, exit code 2.
+    assert cli.main([*argv, "--cond", "[[0, 1, 2]]", "--out", str(out)]) == 2
+    assert "takes condition vectors of size 2, got 3" in capsys.readouterr().err
+    # ... and so is no condition for a conditioned model.
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    assert "this model is conditioned" in capsys.readouterr().err
+
+
+def pl_trainer(root: Path):
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
