@@ -199,6 +199,15 @@ def test_killed_fit_resumes_then_rerun_skips_everything(tmp_path):
     assert "![train_loss](plots/train_loss.png)" in report
     assert (out / "plots" / "train_loss.png").stat().st_size > 1000
 
+    # Exact resume through the CLI: the same weights as a run that was never killed.
+    clean = _run(recipe, tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    resumed_sd = torch.load(last, weights_only=True)["state_dict"]
+    clean_last = tmp_path / "clean" / "train" / "checkpoints" / "last.ckpt"
+    clean_sd = torch.load(clean_last, weights_only=True)["state_dict"]
+    for key, value in clean_sd.items():
+        assert torch.equal(resumed_sd[key], value), key
+
     again = _run(recipe, out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[train] done before; skipped" in again.stdout
