@@ -124,3 +124,22 @@ def test_metrics():
     assert macro({"a": m, "b": {**m, "accuracy": 0.25}})["accuracy"] == pytest.approx(0.5)
     lm = lm_metrics(total_nll=100 * math.log(4), n_tokens=100, n_bases=100)
     assert lm["bits_per_base"] == pytest.approx(2.0) and lm["perplexity"] == pytest.approx(4.0)
+
+
+def test_pretrain_batches_work_with_core_mixed_objectives():
+    from seqmodels.module import SeqLM
+
+    dm = DNAPretrainDataModule(tasks=TASKS, window=40, batch_size=8, tokenizer="kmer", k=3)
+    dm.setup()
+    model = SeqLM(vocab_size=len(dm.vocab), d_model=16, n_layers=1, n_heads=2, max_len=64)
+    spec = {
+        "name": "mixture",
+        "mode": "sum",
+        "components": [
+            {"name": "next_token", "weight": 1.0},
+            {"name": "random_token", "ratio": 0.3, "weight": 1.0},
+        ],
+    }
+    parts = build_objective(spec)(next(iter(dm.train_dataloader())), torch.Generator())
+    assert {p.name for p in parts} == {"next_token", "random_token"}
+    assert all(torch.isfinite(model.part_loss(p)) for p in parts)
