@@ -72,6 +72,7 @@ def test_pretrain_finetune_segment(tmp_path):
         enable_progress_bar=False,
         default_root_dir=tmp_path,
         limit_val_batches=0,
+        log_every_n_steps=1,
     )
     trainer.fit(lm, dm)
     logged = trainer.callback_metrics
