@@ -97,11 +97,25 @@ def _lightning_cli_class() -> type:
     from seqmodels.checkpoint import AtomicCheckpointIO, load_checkpoint
 
     class ResumableCheckpoint(ModelCheckpoint):
-        """`last.ckpt` under `<default_root_dir>/checkpoints/`, also every N steps so a run
-        killed mid-epoch resumes close to where it stopped, and always at the final step."""
+        """`last.ckpt` under `<default_root_dir>/checkpoints/`, every N steps so a run killed
+        mid-epoch resumes close to where it stopped, and always at the final step. Only
+        last.ckpt by default (overwritten in place); ask for best-k with save_top_k/monitor."""
 
-        def __init__(self, every_n_train_steps: int | None = 100, save_last: bool = True, **kw):
-            super().__init__(every_n_train_steps=every_n_train_steps, save_last=save_last, **kw)
+        def __init__(
+            self,
+            every_n_train_steps: int | None = 100,
+            save_last: bool = True,
+            save_top_k: int = 0,
+            enable_version_counter: bool = False,
+            **kw,
+        ):
+            super().__init__(
+                every_n_train_steps=every_n_train_steps,
+                save_last=save_last,
+                save_top_k=save_top_k,
+                enable_version_counter=enable_version_counter,
+                **kw,
+            )
 
         def setup(self, trainer, pl_module, stage: str) -> None:
             if self.dirpath is None:
@@ -604,6 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageFailed as err:
         print(f"seqmodels: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("seqmodels: interrupted (a recipe rerun resumes where it stopped)", file=sys.stderr)
+        return 130
     except _user_errors() as err:
         print(f"seqmodels: error: {err}", file=sys.stderr)
         return 2
