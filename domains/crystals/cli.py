@@ -222,7 +222,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dm = _datamodule(args.config)
-    model = load_module(args.ckpt)
+    model = load_module(args.ckpt).to(args.device)
     targets = _targets(args, dm)
     cond = [dm.normalise(t) for t in targets]
     grammar = SlicesGrammar(dm.vocab, max_atoms=dm.max_atoms, canonical=dm.augment == 0)
@@ -444,6 +444,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-grammar", "--no_grammar", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--out", required=True, help="samples TSV")
     p.set_defaults(func=cmd_generate)
 

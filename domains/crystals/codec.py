@@ -110,9 +110,14 @@ def decode(
             structure = embed(graph, table or BondTable(), time_limit, options)
         info = {}
         if relax == "chgnet":
-            from domains.crystals.relax import chgnet_relax
+            from domains.crystals.relax import RelaxUnavailable, chgnet_relax
 
-            structure, info = chgnet_relax(structure)
+            try:
+                structure, info = chgnet_relax(structure)
+            except RelaxUnavailable:
+                raise
+            except Exception as err:  # a potential's failure must not end a batch
+                return DecodeResult(None, f"relax failed: {err}", time.perf_counter() - t0)
         elif relax != "none":
             raise ValueError(f"unknown relax {relax!r}: use none or chgnet")
     except SlicesError as err:

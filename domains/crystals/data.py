@@ -108,6 +108,9 @@ class CrystalsDataModule(TokenDataModule):
             except ValueError as err:
                 self.skipped.append(Skipped(r.id, f"cannot encode: {err}"))
                 continue
+            if _n_sites(s) > self.max_atoms:  # a supercell made for bonds longer than a cell
+                self.skipped.append(Skipped(r.id, f"{_n_sites(s)} sites after supercell"))
+                continue
             props = [r.props[p] for p in self.properties]
             out.append({"id": r.id, "slices": s, "props": props, "structure": r.structure})
         self._log()
@@ -120,7 +123,9 @@ class CrystalsDataModule(TokenDataModule):
         from domains.crystals.slices import check
 
         out = []
-        with open(self.source, newline="") as fh:
+        from domains.crystals.io import resolve
+
+        with open(resolve(self.source), newline="") as fh:
             for k, row in enumerate(csv.DictReader(fh)):
                 if self.limit is not None and k >= self.limit:
                     break

@@ -127,11 +127,24 @@ def aflow_prototypes(max_atoms: int | None = DEFAULT_MAX_ATOMS):
     return records, skipped
 
 
+def resolve(source: str | Path) -> Path:
+    """A path; `data:crystals/x.csv` is looked up in the shared data root (SEQMODELS_DATA)."""
+    text = str(source)
+    if not text.startswith("data:"):
+        return Path(text)
+    from seqmodels.paths import data_path
+
+    found = data_path(*text[5:].split("/"))
+    if found is None:
+        raise FileNotFoundError(f"{text}: not found under the data root (set SEQMODELS_DATA)")
+    return found
+
+
 def read_any(source: str | Path | None, **kwargs):
     """'aflow' / None (embedded prototypes), a .csv, a .cif or a folder of CIFs."""
     if source in (None, "aflow"):
         return aflow_prototypes(kwargs.get("max_atoms", DEFAULT_MAX_ATOMS))
-    p = Path(source)
+    p = resolve(source)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
     if p.is_dir():
