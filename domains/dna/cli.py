@@ -391,6 +391,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     dna = subparsers.add_parser("dna", help="DNA: Omni-DNA multitask finetuning, scoring, sampling")
     sub = dna.add_subparsers(title="dna commands", metavar="COMMAND")
+    dna.set_defaults(func=lambda args: dna.print_help())
 
     def leaf(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(
