@@ -39,7 +39,7 @@ def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _generate_batch(
     model, prompt, cond, max_new, temperature, top_k, top_p, processor, eos_id, use_cache, generator
 ) -> torch.Tensor:

@@ -68,9 +68,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, is_causal: bool, cache: KVCache | None, layer: int):
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads)
+        # One rotation for q and k together: decoding is bound by per-op overhead.
+        q, k = apply_rope(qkv[:, :, :2], cos[:, None, None], sin[:, None, None]).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, qkv[:, :, 2]))  # (B, H, L, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -96,7 +97,7 @@ class Block(nn.Module):
             nn.GELU(approximate="tanh"),
             nn.Linear(hidden, d_model, bias=False),
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x, cos, sin, mask, is_causal, cache, layer):
         x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, is_causal, cache, layer))
