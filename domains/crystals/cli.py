@@ -231,7 +231,8 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         model,
         [[dm.vocab.bos_id]] * len(cond),
         cond=cond,
-        max_new_tokens=args.max_new_tokens,
+        # never past the model's positions; a cut sample counts as invalid
+        max_new_tokens=min(args.max_new_tokens, model.hparams.get("max_len", 10**9) - 1),
         temperature=args.temperature,
         top_k=args.top_k,
         logits_processor=None if args.no_grammar else grammar,
