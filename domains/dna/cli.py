@@ -225,23 +225,29 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     vocab = model.vocab
     if (args.task is None) != (args.label is None):
         raise _err("--task and --label go together")
-    try:
-        seqs = sample_sequences(
-            model,
-            tok,
-            args.n if args.task is None else args.n * args.oversample,
-            args.length,
-            args.prompt,
-            args.temperature,
-            args.top_k,
-            args.seed,
-        )
-    except ValueError as err:
-        raise _err(str(err)) from err
+
+    def draw(n: int, seed: int) -> list[str]:
+        try:
+            return sample_sequences(
+                model,
+                tok,
+                n,
+                args.length,
+                args.prompt,
+                args.temperature,
+                args.top_k,
+                seed,
+                args.batch_size,
+            )
+        except ValueError as err:
+            raise _err(str(err)) from err
+
     metrics: dict[str, Any] = {}
-    if args.task is not None:
-        # Omni layout puts the label after the sequence, so p(seq | task, label) is not
-        # modelled: sample from the LM, keep samples the model labels as asked.
+    if args.task is None:
+        seqs = draw(args.n, args.seed)
+    else:
+        # The Omni layout puts the label after the sequence, so p(seq | task, label) is not
+        # modelled: sample from the LM and keep the samples the model gives that label.
         if task_token(args.task) not in vocab:
             known = [t[6:-1] for t in vocab.tokens if t.startswith("<task:")]
             raise _err(f"{args.ckpt}: no task {args.task!r}; tasks: {known}")
@@ -250,11 +256,18 @@ def cmd_generate(args: argparse.Namespace) -> dict:
             raise _err(f"--label {args.label!r} not in the label set {labels}")
         label_ids = [vocab.token_to_id(label_token(y)) for y in labels]
         tid = vocab.token_to_id(task_token(args.task))
-        prompts = [[BOS, tid, *tok.encode(s).tolist(), SEP] for s in seqs]
-        pred = np.asarray(label_logprobs(model, prompts, label_ids)).argmax(-1)
-        keep = [s for s, p in zip(seqs, pred) if labels[p] == args.label]
-        metrics["acceptance"] = len(keep) / len(seqs)
-        seqs = keep[: args.n]
+        seqs, drawn = [], 0
+        max_draws = args.max_draws or 20 * args.n
+        while len(seqs) < args.n and drawn < max_draws:
+            batch = draw(min(args.batch_size, max_draws - drawn), args.seed + drawn)
+            drawn += len(batch)
+            prompts = [[BOS, tid, *tok.encode(x).tolist(), SEP] for x in batch]
+            pred = np.asarray(label_logprobs(model, prompts, label_ids)).argmax(-1)
+            seqs += [x for x, p in zip(batch, pred) if labels[p] == args.label]
+        metrics.update({"acceptance": len(seqs) / max(drawn, 1), "n_drawn": drawn})
+        seqs = seqs[: args.n]
+        if len(seqs) < args.n:
+            print(f"only {len(seqs)} of {drawn} samples got label {args.label!r}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = f" task={args.task} label={args.label}" if args.task else ""
@@ -442,7 +455,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="task name of an Omni-DNA finetuned model")
     p.add_argument("--label", default=None, help="keep samples the model gives this label")
     p.add_argument("--labels", nargs="+", default=None, help="the task's label set")
-    p.add_argument("--oversample", type=int, default=4, help="samples drawn per kept one")
+    p.add_argument(
+        "--max-draws",
+        "--max_draws",
+        type=int,
+        default=None,
+        help="with --task: most samples drawn to find --n of that label (20 n)",
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", "--top_k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
