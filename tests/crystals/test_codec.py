@@ -38,9 +38,9 @@ def test_econnn_matches_pymatgen(rutile, perovskite):
 def test_canonical_is_invariant_to_site_order(permute):
     rng = np.random.default_rng(0)
     records, _ = aflow_prototypes(max_atoms=12)
-    for r in records[:25]:
+    for r in records[:15]:
         ref = encode(r.structure)
-        for _ in range(3):
+        for _ in range(2):
             assert encode(permute(r.structure, rng)) == ref, r.id
 
 
