@@ -343,7 +343,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         ax.set_xticks(x + w * (len(groups) - 1) / 2, [*tasks, "mean"], rotation=30, ha="right")
         ax.set_title(f"test {key}")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(loc="lower left", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(out / "multitask_vs_single.png", dpi=100)
     plt.close(fig)
