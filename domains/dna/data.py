@@ -9,6 +9,7 @@ classification heads (`task`/`label` fields for the core FinetuneModule).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,15 @@ def load_tasks(
         load_task(s, _data_dir(data_dir), policy or BasePolicy(), seed, max_per_label=max_per_label)
         for s in specs
     ]
+
+
+def report_skipped(errors: Sequence[str], what: str, show: int = 5) -> None:
+    """Bad records were left out: say how many and show the first few (file and record)."""
+    if errors:
+        lines = "\n  ".join(errors[:show]) + (
+            f"\n  ... and {len(errors) - show} more" if len(errors) > show else ""
+        )
+        print(f"{what}: skipped {len(errors)} bad record(s):\n  {lines}", file=sys.stderr)
 
 
 def _policy(ambiguous: str, lowercase: str) -> BasePolicy:
@@ -162,6 +172,7 @@ class DNAPretrainDataModule(_DNAData):
         for task in (
             load_tasks(self.tasks, self.data_dir, self.policy, self.task_seed) if self.tasks else []
         ):
+            self.read_errors += task.errors
             train, _ = task.subset("train")
             seqs += train
             held_out |= {s for s, sp in zip(task.seqs, task.split) if sp != "train"}
@@ -178,6 +189,7 @@ class DNAPretrainDataModule(_DNAData):
                 for r in read_records(path, policy=self.policy, on_error="skip", report=report)
             ]
             self.read_errors += report.errors
+        report_skipped(self.read_errors, "DNAPretrainDataModule")
         if not seqs:
             raise ValueError("DNAPretrainDataModule: no sequences (give sources and/or tasks)")
         return seqs, held_out
@@ -208,11 +220,6 @@ class DNAPretrainDataModule(_DNAData):
                 rc = self.tokenizer.reverse_complement_ids(ids)
                 examples.append({"ids": [BOS, *rc.tolist(), EOS], "split": "train"})
         return examples
-
-    def n_bases(self, split: str) -> int:
-        """Bases in a split (for bits per base), counted from the decoded windows."""
-        self._ensure()
-        return sum(len(self.tokenizer.decode(e["ids"])) for e in self.splits[split])
 
 
 class DNATaskDataModule(_DNAData):
@@ -300,6 +307,8 @@ class DNATaskDataModule(_DNAData):
         self.tasks = load_tasks(
             self.task_specs, self.data_dir, self.policy, self.seed, self.max_per_label, self.only
         )
+        for t in self.tasks:
+            report_skipped(t.errors, f"task {t.name!r}")
         train_seqs = [s for t in self.tasks for s in t.subset("train")[0]]
         self.vocab = self._base_vocab(train_seqs)
         if self.mode == "omni":

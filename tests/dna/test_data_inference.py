@@ -143,3 +143,14 @@ def test_pretrain_batches_work_with_core_mixed_objectives():
     parts = build_objective(spec)(next(iter(dm.train_dataloader())), torch.Generator())
     assert {p.name for p in parts} == {"next_token", "random_token"}
     assert all(torch.isfinite(model.part_loss(p)) for p in parts)
+
+
+def test_bad_records_are_skipped_and_reported(tmp_path, capsys):
+    (tmp_path / "pos.fa").write_text(">p1\nACGTACGTAC\n>p2\nACGT-CGTAC\n>p3\nTTGACGTACA\n")
+    (tmp_path / "neg.fa").write_text(">n1\nGGGGCCCCAA\n>n2\nCCCCGGGGTT\n")
+    spec = [{"name": "x", "files": {"1": ["pos.fa"], "0": ["neg.fa"]}}]
+    dm = DNATaskDataModule(tasks=spec, data_dir=str(tmp_path), val_fraction=0.0)
+    dm.setup()
+    assert sum(len(t.seqs) for t in dm.tasks) == 4
+    err = capsys.readouterr().err
+    assert "task 'x': skipped 1 bad record" in err and "pos.fa record 'p2'" in err
