@@ -626,7 +626,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _write_result(metrics)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

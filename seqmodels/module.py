@@ -20,6 +20,14 @@ from .objectives import ObjectiveOutput, build_objective
 from .vocab import Vocab
 
 
+def init_normal(m: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 style initialisation of linear and embedding layers."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=std)
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+
+
 def _cosine_with_warmup(warmup: int, total: int, min_ratio: float):
     def factor(step: int) -> float:
         if step < warmup:
@@ -124,15 +132,12 @@ class SeqLM(_Optimised):
             dropout=hp.dropout,
             **(hp.backbone_args or {}),
         )
-        self.apply(self._init_weights)
+        # Only the model's own layers: a backbone initialises itself (Mamba's dt_proj
+        # and A_log have initialisations of their own).
+        for name, m in self.named_children():
+            if name != "backbone":
+                m.apply(init_normal)
         self.built = True
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)

@@ -2,7 +2,7 @@
 
 A recipe is YAML: `stages: [{name, command, config?, args?, env?}]` (`env`, also at the top
 level, sets environment variables of the stage processes). Stages run in order, each
-as its own `python -m seqmodels.cli COMMAND ...` process writing to `<out>/<stage>/` (a
+as its own `python -m seqmodels COMMAND ...` process writing to `<out>/<stage>/` (a
 subprocess keeps stages independent, and lets Lightning's DDP launcher re-run exactly the
 stage's command in its worker processes). A stage that finishes writes `<stage>/.done`;
 a rerun skips it. A fit stage interrupted before that resumes from its `last.ckpt`. The
@@ -191,7 +191,7 @@ def _flags(args: dict, fit_like: bool) -> list[str]:
 
 
 def _stage_command(stage: Stage, stage_dir: Path) -> tuple[list[str], bool]:
-    cmd = [sys.executable, "-m", "seqmodels.cli", *stage.command]
+    cmd = [sys.executable, "-m", "seqmodels", *stage.command]
     resumed = False
     if stage.fit_like:
         if stage.config is not None:

@@ -157,7 +157,7 @@ def test_bad_checkpoints_give_a_clear_error_not_a_traceback(tmp_path, capsys):
 def test_fit_resuming_from_a_corrupt_checkpoint_fails_cleanly(tmp_path):
     bad = _bad_checkpoints(tmp_path)[0]
     proc = subprocess.run(
-        [sys.executable, "-m", "seqmodels.cli", "fit", *TINY, "--trainer.max_steps", "2"]
+        [sys.executable, "-m", "seqmodels", "fit", *TINY, "--trainer.max_steps", "2"]
         + ["--trainer.default_root_dir", str(tmp_path / "r"), "--ckpt_path", str(bad)],
         capture_output=True,
         text=True,
@@ -210,7 +210,7 @@ def test_a_broken_domain_plugin_does_not_break_the_cli(monkeypatch, capsys, tmp_
 
 def test_ddp_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "seqmodels.cli", "fit", *TINY]
+    argv = [sys.executable, "-m", "seqmodels", "fit", *TINY]
     argv += ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
     argv += ["--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)

@@ -162,7 +162,7 @@ def _recipe(tmp_path: Path) -> Path:
 def _run(recipe: Path, out: Path, **env) -> subprocess.CompletedProcess:
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # for KillAt
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **env}
-    cmd = [sys.executable, "-m", "seqmodels.cli", "run", str(recipe), "--out", str(out)]
+    cmd = [sys.executable, "-m", "seqmodels", "run", str(recipe), "--out", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
 
 

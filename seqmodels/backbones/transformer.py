@@ -128,6 +128,9 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(d_model // n_heads, max_len, rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
 
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         hd = self.cos.shape[-1] * 2
