@@ -149,6 +149,31 @@ class KmerTokenizer(DNATokenizer):
         tail = codes[n:].astype(np.int64) + self._single0
         return np.concatenate([ids, tail])
 
+    def encode_batch(self, seqs: Sequence[str]) -> list[np.ndarray]:
+        # Records of equal length are encoded as one 2-D table lookup (promoter sets are
+        # fixed-length); per-record numpy calls would dominate otherwise.
+        out: list[np.ndarray] = [np.empty(0, np.int64)] * len(seqs)
+        by_len: dict[int, list[int]] = {}
+        for i, seq in enumerate(seqs):
+            by_len.setdefault(len(seq), []).append(i)
+        for length, idx in by_len.items():
+            codes = self._lut[
+                np.frombuffer("".join(seqs[i] for i in idx).encode("latin-1"), np.uint8)
+            ]
+            if (codes == _BAD).any() or length == 0:
+                for i in idx:
+                    out[i] = self.encode(seqs[i], f"sequence #{i}")  # names the bad record
+                continue
+            codes = codes.reshape(len(idx), length)
+            n = length // self.k * self.k
+            blocks = codes[:, :n].reshape(len(idx), -1, self.k).astype(np.int64)
+            ids = blocks @ self._pow + self._kmer0
+            ids[(blocks == 4).any(axis=2)] = UNK
+            full = np.concatenate([ids, codes[:, n:].astype(np.int64) + self._single0], axis=1)
+            for row, i in enumerate(idx):
+                out[i] = full[row]
+        return out
+
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(
             "N" * self.k if i == UNK else self.tokens[i]

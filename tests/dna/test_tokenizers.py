@@ -83,3 +83,12 @@ def test_policy_maps_or_rejects_naming_record():
         SingleNucleotideTokenizer().encode("AC-T", where="x.fa record 'r7'")
     with pytest.raises(ValueError):
         BasePolicy(ambiguous="drop")
+
+
+def test_kmer_batch_equals_single_encoding():
+    tok = KmerTokenizer(4)
+    seqs = _random_seqs(6, 30, seed=5, alphabet="ACGTN") + _random_seqs(3, 17, seed=6) + [""]
+    for got, seq in zip(tok.encode_batch(seqs), seqs):
+        assert np.array_equal(got, tok.encode(seq))
+    with pytest.raises(DNAInputError, match="sequence #1"):
+        tok.encode_batch(["ACGTACGT", "ACGT-CGT"])
