@@ -8,7 +8,6 @@ crystal never straddle train and test.
 
 from __future__ import annotations
 
-import json
 import random
 from functools import cached_property
 from pathlib import Path
@@ -216,9 +215,6 @@ class CrystalsDataModule(TokenDataModule):
 
     def describe(self) -> dict:
         return {"records": len(self.records), "skipped": len(self.skipped), **self.stats}
-
-    def save_stats(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.describe(), indent=1))
 
 
 def _n_sites(slices: str) -> int:

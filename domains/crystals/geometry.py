@@ -380,10 +380,6 @@ class _Problem:
             x, m = p[: 3 * n].reshape(n, 3), p[3 * n :].reshape(3, 3)
         return x, m, e
 
-    def energy(self, x: np.ndarray, m: np.ndarray) -> float:
-        tm = self.terms(x, m, self.opt.w_angle)
-        return _energy(np.concatenate([x.ravel(), m.ravel()]), tm)[0]
-
 
 def embed(
     g: SlicesGraph,

@@ -7,7 +7,7 @@ whole encode budget; tests check both give the same bonds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pymatgen.core import Structure
@@ -21,8 +21,6 @@ class BondInfo:
 
     edges: np.ndarray
     n_contacts: int = 0  # edges added to make the graph connected and 3-periodic
-    supercell: tuple[int, int, int] = (1, 1, 1)
-    notes: list[str] = field(default_factory=list)
 
 
 def _neighbor_list(structure: Structure, r: float):

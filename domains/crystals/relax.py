@@ -29,14 +29,6 @@ def _optimizer():
         return StructOptimizer(use_device="cpu")
 
 
-def available() -> bool:
-    try:
-        _optimizer()
-    except RelaxUnavailable:
-        return False
-    return True
-
-
 def chgnet_relax(structure: Structure, steps: int = 300, fmax: float = 0.1):
     """(relaxed structure, info) with the final energy per atom and the seconds taken."""
     t0 = time.perf_counter()
