@@ -94,7 +94,7 @@ class Block(nn.Module):
         hidden = int(mlp_ratio * d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, hidden, bias=False),
-            nn.GELU(approximate="tanh"),
+            nn.GELU(),
             nn.Linear(hidden, d_model, bias=False),
         )
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
