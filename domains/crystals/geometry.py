@@ -402,4 +402,5 @@ def embed(
     x, m, _ = best
     if abs(np.linalg.det(m)) < 1e-3 or not np.isfinite(m).all() or not np.isfinite(x).all():
         raise ValueError("geometry fit collapsed the cell")
-    return Structure(Lattice(m), list(g.species), x - np.floor(x))
+    # an LLL-reduced cell: the same crystal, and later Niggli reductions stay fast
+    return Structure(Lattice(m), list(g.species), x - np.floor(x)).get_reduced_structure("LLL")

@@ -66,6 +66,16 @@ def compositional_validity(structures_or_comps: Sequence) -> float:
     return float(sum(is_charge_neutral(c) for c in comps) / n) if n else 0.0
 
 
+def _usable(structures) -> list[Structure]:
+    """Structurally valid samples in an LLL-reduced cell: a degenerate cell (a failed fit)
+    can make pymatgen's Niggli reduction inside StructureMatcher run for minutes."""
+    return [
+        s.get_reduced_structure("LLL")
+        for s in structures
+        if s is not None and is_structurally_valid(s)
+    ]
+
+
 def _matcher():
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
@@ -73,8 +83,8 @@ def _matcher():
 
 
 def uniqueness(structures: Sequence[Structure | None]) -> float:
-    """Distinct structures (StructureMatcher groups) over the number of valid samples."""
-    valid = [s for s in structures if s is not None]
+    """Distinct structures (StructureMatcher groups) over the structurally valid samples."""
+    valid = _usable(structures)
     if not valid:
         return 0.0
     by_formula: dict[str, list[Structure]] = defaultdict(list)
@@ -86,8 +96,8 @@ def uniqueness(structures: Sequence[Structure | None]) -> float:
 
 
 def novelty(structures: Sequence[Structure | None], train: Sequence[Structure]) -> float:
-    """Fraction of valid samples not matched to any training structure."""
-    valid = [s for s in structures if s is not None]
+    """Fraction of structurally valid samples not matched to any training structure."""
+    valid = _usable(structures)
     if not valid:
         return 0.0
     index: dict[str, list[Structure]] = defaultdict(list)
@@ -148,6 +158,6 @@ def spacegroup(s: Structure, symprec: float = 0.1) -> int:
 
 def spacegroup_distance(samples: Sequence[Structure | None], train: Sequence[Structure]) -> float:
     """Total variation between the space-group-number distributions (symprec 0.1)."""
-    a = Counter(spacegroup(s) for s in samples if s is not None)
+    a = Counter(spacegroup(s) for s in _usable(samples))
     b = Counter(spacegroup(s) for s in train)
     return _tv(a, b)
