@@ -129,7 +129,7 @@ def _tv(a: Counter, b: Counter) -> float:
     na, nb = sum(a.values()), sum(b.values())
     if not na or not nb:
         return 1.0
-    keys = set(a) | set(b)
+    keys = sorted(set(a) | set(b))  # a fixed order: the same float sum on every run
     return 0.5 * sum(abs(a[k] / na - b[k] / nb) for k in keys)
 
 

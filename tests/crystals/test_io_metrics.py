@@ -88,7 +88,7 @@ def test_uniqueness_novelty_and_distances(rocksalt, perovskite, permute):
     assert M.uniqueness([rocksalt, twin, perovskite]) == pytest.approx(2 / 3)
     assert M.novelty([twin, perovskite], [rocksalt]) == 0.5
     assert M.element_distance([rocksalt], [rocksalt]) == 0.0
-    assert M.element_distance([rocksalt], [perovskite]) == 1.0
+    assert M.element_distance([rocksalt], [perovskite]) == pytest.approx(1.0)
     assert M.spacegroup_distance([rocksalt, perovskite], [rocksalt, perovskite]) == 0.0
 
 
