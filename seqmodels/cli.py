@@ -626,3 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _write_result(metrics)
     return 0
+
+
+if __name__ == "__main__":  # `python -m seqmodels.cli`: run as `python -m seqmodels` does
+    import runpy
+
+    runpy.run_module("seqmodels", run_name="__main__")

@@ -88,7 +88,8 @@ def generate(
 
     prompts: one token-id list per condition (e.g. [[bos]]); cond: (N, d_cond) or None.
     A logits processor is fn(ids (B, T), logits (B, V)) -> logits; it may set -inf on
-    forbidden tokens. Returns the new tokens of each sample, without prompt and eos.
+    forbidden tokens. Returns the new tokens of each sample, without prompt and eos;
+    sampling stops at eos, after max_new_tokens, or at the model's max_len.
     Cached and uncached decoding draw the same tokens for the same seed.
     """
     if max_new_tokens < 0:
@@ -108,6 +109,7 @@ def generate(
     if eos_id is None:
         vocab = getattr(model, "vocab", None)
         eos_id = vocab.eos_id if vocab is not None else 2
+    max_len = getattr(getattr(model, "hparams", None), "max_len", None)
     generator = torch.Generator().manual_seed(seed if seed is not None else 0)
     # Expand samples, then group equal-length prompts so a batch needs no padding.
     jobs = [(i, s) for i in range(len(prompts)) for s in range(num_samples)]
@@ -127,11 +129,15 @@ def generate(
         for chunk in chunks:
             p = torch.tensor([prompts[i] for i, _ in chunk], device=device)
             c = cond[[i for i, _ in chunk]].to(device) if cond is not None else None
+            # Stop at the model's context length, as at eos.
+            room = max_len - p.shape[1] if max_len else max_new_tokens
+            if room < 0:
+                raise ValueError(f"a prompt of {p.shape[1]} tokens exceeds max_len {max_len}")
             new = _generate_batch(
                 model,
                 p,
                 c,
-                max_new_tokens,
+                min(max_new_tokens, room),
                 temperature,
                 top_k,
                 top_p,

@@ -62,3 +62,10 @@ def test_bad_arguments(model):
         generate(model, [[1], [1]], torch.zeros(3, 2))
     with pytest.raises(ValueError, match="top_p"):
         generate(model, [[1]], torch.zeros(1, 2), top_p=0)
+
+
+def test_generation_stops_at_the_context_length(model, toy_vocab):
+    no_eos = generate(model, [[toy_vocab.bos_id]], torch.zeros(1, 2), max_new_tokens=500, eos_id=-1)
+    assert len(no_eos[0]) == model.hparams.max_len - 1
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        generate(model, [[1] * 65], torch.zeros(1, 2))
