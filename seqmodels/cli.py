@@ -51,8 +51,7 @@ LIGHTNING_HELP = {
 }
 
 
-class CLIError(Exception):
-    """Bad input to a command: reported as one line, exit code 2, no traceback."""
+from seqmodels.commands import CLIError, pop_threads, set_threads  # noqa: E402
 
 
 def _epilog(command: str) -> str:
@@ -604,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        threads, argv = pop_threads(argv)
+        set_threads(threads)
         if argv and argv[0] in LIGHTNING_COMMANDS:
             metrics: Any = run_lightning(argv)
         else:

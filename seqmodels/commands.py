@@ -1,0 +1,322 @@
+"""The `seqmodels` command tree: the argparse parser, `find_command`, domain plugins, and the
+two helpers every command uses (`add_flag`, the thread setting).
+
+This module imports only the standard library, and nothing else of the project imports it
+back: the recipe runner checks a recipe's commands against `build_parser()` without
+importing the CLI that runs them, and handlers are named as `module:function` strings, so
+building the parser imports no handler (and `seqmodels --help` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+CORE_COMMANDS = ("run", "generate", "evaluate", "export")
+PLUGIN_GROUP = "seqmodels.commands"
+# The recipe runner sets this so a stage run in a subprocess can hand back its metrics.
+RESULT_ENV = "SEQMODELS_RESULT"
+THREADS_FLAG = "--threads"
+# The default never exceeds this. Small models stop gaining from more threads at a few
+# (per-op overhead dominates), and a run that takes every core of a shared machine slows
+# everyone else's; ask for more with --threads. See README "The command line".
+MAX_DEFAULT_THREADS = 4
+
+EXAMPLES = {
+    "fit": "seqmodels fit --config recipes/core/tiny_dyck.yaml --trainer.max_steps 100",
+    "validate": "seqmodels validate --config recipes/core/tiny_dyck.yaml --ckpt_path CKPT",
+    "test": "seqmodels test --config recipes/core/tiny_dyck.yaml --ckpt_path CKPT",
+    "predict": "seqmodels predict --config recipes/core/tiny_dyck.yaml --ckpt_path CKPT",
+    "run": "seqmodels run recipes/core/quickstart.yaml --out runs/q",
+    "generate": (
+        "seqmodels generate --ckpt runs/q/train/checkpoints/last.ckpt --n 100 "
+        "--top-p 0.95 --out samples.txt"
+    ),
+    "evaluate": (
+        "seqmodels evaluate --samples samples.txt --metric seqmodels.synthetic:dyck_metrics"
+        "   |   seqmodels evaluate --ckpt CKPT --config runs/q/train/config.yaml"
+    ),
+    "export": "seqmodels export --ckpt runs/q/train/checkpoints/last.ckpt --out exported/",
+}
+
+LIGHTNING_HELP = {
+    "fit": "train a model (LightningCLI; `seqmodels fit --help` for every option)",
+    "validate": "run the validation loop on a checkpoint (LightningCLI)",
+    "test": "run the test loop on a checkpoint (LightningCLI)",
+    "predict": "run the predict loop on a checkpoint (LightningCLI)",
+}
+
+
+class CLIError(Exception):
+    """Bad input to a command: reported as one line, exit code 2, no traceback."""
+
+
+# ---------------------------------------------------------------- helpers for every command
+
+
+def add_flag(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> argparse.Action:
+    """`add_argument` where each `--some-option` also answers to `--some_option` (one dest).
+
+    Recipes write flags as YAML keys, and people write either spelling there.
+    """
+    spelled: list[str] = []
+    for name in names:
+        spelled.append(name)
+        if name.startswith("--") and "-" in name[2:]:
+            spelled.append("--" + name[2:].replace("-", "_"))
+    return parser.add_argument(*spelled, **kwargs)
+
+
+def pop_threads(argv: Sequence[str]) -> tuple[int | None, list[str]]:
+    """Take `--threads N` / `--threads=N` out of `argv`, wherever it stands.
+
+    Every command (Lightning ones included, whose parser is not ours) accepts the flag this
+    way, so a recipe stage's `args: {threads: 2}` works for any command.
+    """
+    rest: list[str] = []
+    value: str | None = None
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == THREADS_FLAG:
+            if i + 1 >= len(words):
+                raise CLIError(f"{THREADS_FLAG} needs a number")
+            value, i = words[i + 1], i + 2
+            continue
+        if word.startswith(THREADS_FLAG + "="):
+            value = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+        i += 1
+    if value is None:
+        return None, rest
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise CLIError(f"{THREADS_FLAG} takes a positive whole number, got {value!r}")
+    return threads, rest
+
+
+def _physical_cores(cpus: set[int]) -> int:
+    """Distinct (package, core) pairs among `cpus`: SMT siblings share a core's matmul units."""
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        except OSError:
+            return len(cpus)  # no sysfs (macOS, some containers): count logical CPUs
+    return len(cores) or len(cpus)
+
+
+def default_threads() -> int:
+    """The torch thread count a command uses without `--threads`.
+
+    `OMP_NUM_THREADS` when set (the user's, or inherited from a parent `seqmodels` command);
+    otherwise the physical cores this process may use, at most MAX_DEFAULT_THREADS, less the
+    cores other processes keep busy (the 1-minute load average): on a machine already running
+    as many jobs as it has cores, 1. Oversubscribed OpenMP threads wait on each other at
+    every op, which made steps many times slower than one thread (README, The command line).
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cpus = cpus or set(range(os.cpu_count() or 1))
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        load = 0.0
+    free = math.floor(len(cpus) - load + 0.5)
+    return max(1, min(MAX_DEFAULT_THREADS, _physical_cores(cpus), free))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Use `threads` (None: `default_threads()`) torch CPU threads here and in child processes.
+
+    Call it before torch does any work. OMP_NUM_THREADS is exported so that recipe stages,
+    DDP workers and data-loader workers inherit the setting (Lightning's DDP launcher keeps
+    an OMP_NUM_THREADS it finds), and so that a torch imported later starts with it.
+    """
+    n = default_threads() if threads is None else int(threads)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")  # imported already: tell it; else it reads the variable
+    if torch is not None and hasattr(torch, "set_num_threads"):
+        torch.set_num_threads(n)
+    return n
+
+
+def load_object(path: str) -> Any:
+    """Import `package.module:attr` (or `package.module.attr`)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise CLIError(f"{path!r} is not a dotted path of the form module:name")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise CLIError(f"cannot import {path!r}: {err}") from err
+    return obj
+
+
+def handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], Any] | None:
+    """The function a parsed command runs: its `func` default, a callable or `module:name`."""
+    func = getattr(args, "func", None)
+    return load_object(func) if isinstance(func, str) else func
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def _epilog(command: str) -> str:
+    return f"example:\n  {EXAMPLES[command]}"
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `generate` and `evaluate` (which samples when given --ckpt --metric)."""
+    add_flag(p, "--ckpt", help="checkpoint (.ckpt) to sample from")
+    add_flag(p, "--n", type=int, default=10, help="samples per condition / prompt (default 10)")
+    add_flag(p, "--max-new-tokens", type=int, default=64, help="longest sample (default 64)")
+    add_flag(p, "--temperature", type=float, default=1.0)
+    add_flag(p, "--top-k", type=int, default=None, help="keep the k most likely tokens")
+    add_flag(
+        p, "--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass p"
+    )
+    add_flag(
+        p, "--processor", default=None, help="module:factory; factory(vocab) -> logits processor"
+    )
+    add_flag(
+        p, "--prompt", action="append", default=None, help="space-separated tokens (repeatable)"
+    )
+    add_flag(
+        p, "--cond", default=None, help="condition vectors as JSON, e.g. '[[0.1, 2.0], [1.5, 0]]'"
+    )
+    add_flag(p, "--cond-file", default=None, help="condition vectors: a JSON list or one per line")
+    add_flag(p, "--batch-size", type=int, default=64, help="sequences decoded at once (default 64)")
+    add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+
+
+def add_domain_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Each `seqmodels.commands` entry point is `register(subparsers)`. A plugin that fails to
+    load is reported and skipped, so one broken domain never breaks the others or the core."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name in subparsers.choices:
+            print(f"seqmodels: warning: domain {ep.name!r} clashes with a command", file=sys.stderr)
+            continue
+        try:
+            ep.load()(subparsers)
+        except Exception as err:  # any plugin bug must leave the core CLI usable
+            print(
+                f"seqmodels: warning: domain commands {ep.name!r} ({ep.value}) not loaded: "
+                f"{type(err).__name__}: {err}",
+                file=sys.stderr,
+            )
+
+
+def build_parser(domains: bool = True) -> argparse.ArgumentParser:
+    """The argparse tree; `domains=False` skips importing the domain plugins (slow)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="seqmodels",
+        description="Train, sample and evaluate sequence models on non-text tokens.",
+        epilog=f"example:\n  {EXAMPLES['run']}\n  {EXAMPLES['fit']}\n"
+        f"  seqmodels --threads 1 {EXAMPLES['generate'].removeprefix('seqmodels ')}",
+        formatter_class=raw,
+    )
+    # Taken out of the command line by main() before parsing (see pop_threads); declared
+    # here so that --help shows it. Its own dest: a subcommand's defaults cannot clobber it.
+    parser.add_argument(
+        THREADS_FLAG,
+        dest="global_threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads for any command, anywhere on the line (default: "
+        f"OMP_NUM_THREADS, else min(physical cores, {MAX_DEFAULT_THREADS}) less the load)",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    for name in LIGHTNING_COMMANDS:
+        # Parsed by LightningCLI in main(); listed here so `seqmodels --help` shows them.
+        sub.add_parser(name, help=LIGHTNING_HELP[name], add_help=False)
+
+    p = sub.add_parser(
+        "run", help="run a multi-stage recipe", epilog=_epilog("run"), formatter_class=raw
+    )
+    p.add_argument("recipe", help="recipe YAML (stages: [{name, command, config?, args?}])")
+    add_flag(p, "--out", required=True, help="output folder; each stage writes to OUT/<stage>/")
+    p.set_defaults(func="seqmodels.cli.dispatch:cmd_run")
+
+    p = sub.add_parser(
+        "generate",
+        help="sample token sequences from a checkpoint",
+        epilog=_epilog("generate"),
+        formatter_class=raw,
+    )
+    add_sampling_flags(p)
+    add_flag(p, "--out", required=True, help="samples: .jsonl (records) or text (one per line)")
+    add_flag(p, "--sep", default=" ", help="token separator in text output (default: space)")
+    p.set_defaults(func="seqmodels.cli.sample:cmd_generate")
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint on a test split, or samples with a metric function",
+        description=(
+            "Two modes (combinable): --ckpt with --config runs the test loop on the config's "
+            "datamodule (e.g. a fit stage's config.yaml); --metric module:function scores "
+            "--samples FILE, or samples drawn from --ckpt, as function(list of token lists) "
+            "-> dict."
+        ),
+        epilog=_epilog("evaluate"),
+        formatter_class=raw,
+    )
+    add_sampling_flags(p)
+    add_flag(p, "--config", default=None, help="YAML with a `data:` datamodule section")
+    add_flag(p, "--metric", default=None, help="module:function(samples) -> dict of metrics")
+    add_flag(p, "--samples", default=None, help="samples file written by `seqmodels generate`")
+    add_flag(p, "--sep", default=" ", help="token separator in text samples (default: space)")
+    add_flag(p, "--out", default=None, help="folder for metrics.json")
+    p.set_defaults(func="seqmodels.cli.evaluate:cmd_evaluate")
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint's weights (safetensors) and config.json",
+        epilog=_epilog("export"),
+        formatter_class=raw,
+    )
+    add_flag(p, "--ckpt", required=True, help="checkpoint (.ckpt)")
+    add_flag(p, "--out", required=True, help="output folder")
+    p.set_defaults(func="seqmodels.cli.export:cmd_export")
+
+    if domains:
+        add_domain_commands(sub)
+    return parser
+
+
+def find_command(
+    words: Sequence[str], parser: argparse.ArgumentParser | None = None
+) -> argparse.ArgumentParser | None:
+    """The parser of `seqmodels WORD...`, or None when no such command exists."""
+    parser = parser or build_parser()
+    for word in words:
+        # argparse keeps its subcommands in a private action type; there is no public getter.
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0].choices:
+            return None
+        parser = subs[0].choices[word]
+    return parser
