@@ -60,13 +60,9 @@ class AttentionSpec:
             return replace(self, pad=pad)
         return replace(self, pad=pad)
 
-    def dense(self, L: int, device: torch.device) -> torch.Tensor | None:
-        """A bool (B or 1, 1, L, L) matrix for scaled_dot_product_attention, or None when
-        plain causal attention without padding applies (the fast path)."""
-        if self.kind == "causal" and self.pad is None:
-            return None
-        if self.kind == "bidirectional" and self.pad is None:
-            return None
+    def matrix(self, L: int, device: torch.device) -> torch.Tensor:
+        """The bool (B or 1, L, L) matrix of this mask over L positions, True = may attend.
+        A padded query with no visible key would give NaN in attention: it sees itself."""
         idx = torch.arange(L, device=device)
         causal = idx[None, :] <= idx[:, None]
         if self.kind == "causal":
@@ -77,10 +73,65 @@ class AttentionSpec:
             in_prefix = idx[None, :] < self.prefix_len.to(device)[:, None]  # (B, L) keys
             m = causal[None] | in_prefix[:, None, :]
         else:
-            m = self.allowed.to(device)
+            m = self.allowed.to(device).bool()
             m = m[None] if m.dim() == 2 else m
+            if m.shape[-2:] != (L, L):
+                raise ValueError(
+                    f"the custom mask is {tuple(m.shape[-2:])}, the sequence has {L} positions"
+                )
         if self.pad is not None:
+            if self.pad.shape[-1] != L:
+                raise ValueError(f"pad covers {self.pad.shape[-1]} positions, not {L}")
             m = m & self.pad.to(device)[:, None, :]
-            # A padded query with no visible key would give NaN: let it see itself.
             m = m | torch.eye(L, dtype=torch.bool, device=device)[None]
-        return m[:, None]
+        return m
+
+    def dense(self, L: int, device: torch.device) -> torch.Tensor | None:
+        """A bool (B or 1, 1, L, L) matrix for scaled_dot_product_attention, or None when
+        plain causal or bidirectional attention without padding applies (the fast path)."""
+        if self.kind in ("causal", "bidirectional") and self.pad is None:
+            return None
+        return self.matrix(L, device)[:, None]
+
+    def rows(self, start: int, L: int, device: torch.device) -> torch.Tensor | None:
+        """With a KV cache: the mask rows of the new queries [start, start + L) over the
+        keys [0, start + L), as (B or 1, 1, L, start + L); None for one causal query
+        (it sees every key). The spec is in absolute positions: `allowed` and `pad` cover
+        all start + L positions. Raises when a cached position would have to see a new
+        one (its cached keys and values would be stale), e.g. bidirectional after a prefill."""
+        if self.kind == "causal" and self.pad is None:
+            if L == 1:
+                return None
+            q = torch.arange(start, start + L, device=device)
+            return (torch.arange(start + L, device=device)[None, :] <= q[:, None])[None, None]
+        m = self.matrix(start + L, device)
+        if start and bool(m[:, :start, start:].any()):
+            raise ValueError(
+                f"a {self.kind} mask lets cached positions (< {start}) see new ones: "
+                "a KV cache cannot honour it (run the whole sequence without a cache)"
+            )
+        return m[:, None, start:]
+
+    def block_ends(self, L: int, device: torch.device) -> torch.Tensor | None:
+        """For a block-causal mask, the exclusive end of each position's block, (B or 1, L)
+        long: position i sees exactly the keys [0, end_i), and the positions sharing an end
+        form one block. None for a mask that is not block-causal. Padding is not applied.
+        Causal is blocks of one; bidirectional one block; prefix one block of the prefix,
+        then blocks of one. Scan backbones (Mamba) honour exactly these masks."""
+        idx = torch.arange(L, device=device)
+        if self.kind == "causal":
+            return (idx + 1)[None]
+        if self.kind == "bidirectional":
+            return torch.full((1, L), L, device=device, dtype=torch.long)
+        if self.kind == "prefix":
+            p = self.prefix_len.to(device).long().clamp(max=L)[:, None]
+            return torch.maximum(idx[None] + 1, p)
+        a = replace(self, pad=None).matrix(L, device)
+        end = a.sum(-1)
+        ok = (
+            (a == (idx < end[..., None])).all()  # each row sees a prefix of the keys
+            & (end > idx).all()  # ... that includes itself
+            & (end[..., 1:] >= end[..., :-1]).all()
+            & (end.gather(-1, (end - 1).clamp(min=0)) == end).all()  # the block ends at end-1
+        )
+        return end if bool(ok) else None

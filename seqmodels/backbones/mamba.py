@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -323,9 +324,27 @@ class MambaMixer(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the backbone
+class _BlockReverse(NamedTuple):
+    """Where the reverse scan runs: every block of two or more positions becomes its own
+    sequence (row `g`, reversed: position `r` in it), so neither the conv nor the state
+    crosses a block boundary. (n, p) index the (batch, position) of those positions."""
+
+    n: torch.Tensor
+    p: torch.Tensor
+    g: torch.Tensor
+    r: torch.Tensor
+    shape: tuple[int, int]  # (blocks, longest block)
+
+    def __call__(self, mixer: MambaMixer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        buf = x.new_zeros(*self.shape, x.shape[-1])
+        buf[self.g, self.r] = x[self.n, self.p]
+        out = mixer(buf)  # a causal scan over each reversed block; zeros pad the short ones
+        return y.index_put((self.n, self.p), out[self.g, self.r], accumulate=True)
+
+
 class MambaLayer(nn.Module):
-    """Pre-norm residual block; `mixer_bwd` (when bidirectional) scans the reversed sequence
-    and is added to the forward scan (TokenUnify's bidirectional Mamba)."""
+    """Pre-norm residual block; `mixer_bwd` (when bidirectional) scans each block of the
+    mask reversed and is added to the forward scan (TokenUnify's bidirectional Mamba)."""
 
     def __init__(self, d_model: int, bidirectional: bool, dropout: float, **mixer_args):
         super().__init__()
@@ -334,22 +353,12 @@ class MambaLayer(nn.Module):
         self.mixer_bwd = MambaMixer(d_model, **mixer_args) if bidirectional else None
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h, both: bool, lengths: torch.Tensor | None, state: dict | None):
+    def forward(self, h, reverse: _BlockReverse | None, state: dict | None):
         x = self.norm(h)
         y = self.mixer(x, state)
-        if both and self.mixer_bwd is not None:
-            y = y + _reverse(self.mixer_bwd(_reverse(x, lengths)), lengths)
+        if reverse is not None:
+            y = reverse(self.mixer_bwd, x, y)
         return h + self.drop(y)
-
-
-def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Reverse each sequence within its real length (padding stays at the end)."""
-    if lengths is None:
-        return x.flip(1)
-    L = x.shape[1]
-    pos = torch.arange(L, device=x.device)[None, :]
-    idx = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)
-    return x.gather(1, idx[..., None].expand_as(x))
 
 
 class MambaCache:
@@ -360,17 +369,72 @@ class MambaCache:
         self.pos = 0
 
 
-def _needs_both_directions(spec: AttentionSpec) -> bool:
-    if spec.kind == "bidirectional":
-        return True
-    if spec.kind == "custom":  # anything beyond lower-triangular sees the future
-        return bool(torch.triu(spec.allowed.bool(), diagonal=1).any())
-    return False  # causal, and prefix (a forward scan is a causal subset of it)
+def _refuse(spec: AttentionSpec, why: str) -> ValueError:
+    return ValueError(f"backbone mamba cannot honour a {spec.kind} attention mask: {why}")
+
+
+def _plan(
+    spec: AttentionSpec, batch: int, start: int, L: int, bidirectional: bool, device
+) -> _BlockReverse | None:
+    """The reverse scans that make forward scan + reverse scan equal `spec` exactly over
+    the positions [start, start + L) (the forward scan covers [0, i]; the reverse scan
+    within i's block covers the rest of the block), or an error when no scan can."""
+    T = start + L
+    if spec.kind == "causal" and spec.pad is None:
+        return None  # the forward scan alone (a fast path: no host sync)
+    end = spec.block_ends(T, device)
+    if end is None:
+        raise _refuse(
+            spec,
+            "only block-causal masks (each position sees its own block and "
+            "every earlier one) map onto a forward scan plus a blockwise reverse scan",
+        )
+    end = end.expand(batch, T)
+    idx = torch.arange(T, device=device)
+    if spec.pad is not None:
+        pad = spec.pad.to(device).bool()
+        lengths = pad.sum(1, keepdim=True)
+        if not bool((pad == (idx < lengths)).all()):
+            raise _refuse(
+                spec,
+                "padding must sit at the end of each row (a forward scan "
+                "would read padding in the middle)",
+            )
+        # Padded keys are never seen: blocks stop at the real length; padding is singletons.
+        end = torch.where(pad, end.clamp(max=lengths), idx + 1)
+    first = torch.ones_like(end, dtype=torch.bool)
+    first[:, 1:] = end[:, 1:] != end[:, :-1]
+    bstart = torch.where(first, idx, 0).cummax(1).values
+    multi = (end - bstart >= 2)[:, start:]
+    if not bool(multi.any()):
+        return None
+    if not bidirectional:
+        raise _refuse(
+            spec,
+            "a forward scan cannot see the rest of a position's own block "
+            "(set backbone_args.bidirectional: true)",
+        )
+    bstart, end = bstart[:, start:] - start, end[:, start:] - start
+    if bool((bstart[multi] < 0).any()):
+        raise _refuse(
+            spec,
+            f"a block spans the cached positions (< {start}) and new ones; "
+            "its reverse scan needs the whole block in one call",
+        )
+    heads = multi & first[:, start:]
+    gid = (heads.flatten().cumsum(0) - 1).view_as(heads)  # a row per block
+    n, p = multi.nonzero(as_tuple=True)
+    g = gid[n, bstart[n, p]]
+    r = end[n, p] - 1 - p
+    longest = int((end - bstart)[multi].max())
+    return _BlockReverse(n, p, g, r, (int(heads.sum()), longest))
 
 
 class MambaBackbone(nn.Module):
-    """Stack of Mamba layers. `mask` "causal"/"prefix" runs the forward scan; with
-    `bidirectional=True`, "bidirectional" masks add the reversed scan (TokenUnify)."""
+    """Stack of Mamba layers. Every layer runs the forward scan; with `bidirectional=True`
+    a second mixer scans each block of the mask reversed (the whole sequence under a
+    bidirectional mask, the prefix under a prefix mask, each scale under next-scale's
+    block-causal mask), so the layer sees exactly what the mask allows."""
 
     supports_cache = True
 
@@ -411,15 +475,15 @@ class MambaBackbone(nn.Module):
         mask: str | AttentionSpec = "causal",
         cache: MambaCache | None = None,
     ) -> torch.Tensor:
+        """h (B, L, d_model) -> states. Honours causal, bidirectional, prefix and
+        block-causal custom masks exactly (pads at the end of rows), and refuses others.
+        With a cache, h holds positions [cache.pos, cache.pos + L), `mask` is in absolute
+        positions, and every block of two or more positions must lie inside this call."""
+        start = cache.pos if cache is not None else 0
         spec = AttentionSpec.of(mask)
-        both = self.bidirectional and _needs_both_directions(spec)
-        if cache is not None and both:
-            raise ValueError("recurrent (cached) decoding is causal; got a bidirectional mask")
-        lengths = None
-        if both and spec.pad is not None and not spec.pad.all():
-            lengths = spec.pad.sum(1).to(h.device)
+        reverse = _plan(spec, h.shape[0], start, h.shape[1], self.bidirectional, h.device)
         for i, layer in enumerate(self.layers):
-            h = layer(h, both, lengths, cache.states[i] if cache is not None else None)
+            h = layer(h, reverse, cache.states[i] if cache is not None else None)
         if cache is not None:
             cache.pos += h.shape[1]
         return self.norm_f(h)

@@ -142,6 +142,8 @@ class Transformer(nn.Module):
         mask: str | AttentionSpec = "causal",
         cache: KVCache | None = None,
     ) -> torch.Tensor:
+        """h (B, L, d_model) -> states. With a cache, h holds the positions [cache.pos,
+        cache.pos + L) and `mask` is in absolute positions (see `AttentionSpec.rows`)."""
         L = h.shape[1]
         start = cache.pos if cache is not None else 0
         if start + L > self.max_len:
@@ -149,18 +151,12 @@ class Transformer(nn.Module):
         cos, sin = self.cos[start : start + L], self.sin[start : start + L]
         spec = AttentionSpec.of(mask)
         if cache is not None:
-            # Incremental decoding is causal: new queries see every cached key and each other
-            # causally. A single new token needs no mask at all.
-            dense = None
-            if L > 1:
-                q = torch.arange(start, start + L, device=h.device)
-                dense = (torch.arange(start + L, device=h.device)[None, :] <= q[:, None])[
-                    None, None
-                ]
+            # The new queries [start, start + L) take the spec's rows over every key so far.
+            dense, is_causal = spec.rows(start, L, h.device), False
         else:
             dense = spec.dense(L, h.device)
-        # Without a dense mask SDPA's own causal kernel applies; a single cached query sees all.
-        is_causal = dense is None and cache is None and spec.kind == "causal"
+            # Without a dense mask SDPA's own causal kernel applies (or none: bidirectional).
+            is_causal = dense is None and spec.kind == "causal"
         for i, block in enumerate(self.blocks):
             h = block(h, cos, sin, dense, is_causal, cache, i)
         if cache is not None:
