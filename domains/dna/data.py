@@ -9,6 +9,7 @@ classification heads (`task`/`label` fields for the core FinetuneModule).
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from domains.dna.alphabet import BasePolicy
+from domains.dna.kmers import shares_kmer
 from domains.dna.readers import ReadReport, read_records, windows
 from domains.dna.synthetic import synthetic_examples
 from domains.dna.tasks import PROMOTER_TASKS, LabelledTask, load_task
@@ -72,7 +74,11 @@ def load_tasks(
     seed: int = 0,
     max_per_label: int | None = None,
     only: Sequence[str] | None = None,
+    split: str = "overlap",
+    split_k: int = 32,
+    split_strand: str = "both",
 ) -> list[LabelledTask]:
+    """The tasks' records and their splits (see `domains.dna.tasks.load_task`)."""
     specs = resolve_tasks(tasks)
     if only:
         unknown = set(only) - {s["name"] for s in specs}
@@ -82,7 +88,16 @@ def load_tasks(
             )
         specs = [s for s in specs if s["name"] in only]
     return [
-        load_task(s, _data_dir(data_dir), policy or BasePolicy(), seed, max_per_label=max_per_label)
+        load_task(
+            s,
+            _data_dir(data_dir),
+            policy or BasePolicy(),
+            seed,
+            max_per_label=max_per_label,
+            split=split,
+            split_k=split_k,
+            split_strand=split_strand,
+        )
         for s in specs
     ]
 
@@ -101,7 +116,15 @@ def _policy(ambiguous: str, lowercase: str) -> BasePolicy:
 
 
 class _DNAData(TokenDataModule):
-    """Shared tokenizer handling: build (or train BPE and save it), or read a checkpoint's."""
+    """Shared tokenizer handling: build (or train BPE and save it), or read a checkpoint's;
+    and the task split settings, shared by pretraining (what to hold out) and finetuning.
+
+    split / split_k / split_strand / split_seed: how tasks are split (`domains.dna.splits`;
+        default overlap-aware on 32-mers of both strands). `split_seed` is separate from the
+        training `seed`, so training seeds vary while the split stays fixed, and pretraining
+        and finetuning configs that give the same value see the same split (checked when a
+        finetuning config names its pretraining checkpoint).
+    """
 
     def __init__(
         self,
@@ -112,9 +135,16 @@ class _DNAData(TokenDataModule):
         ambiguous: str = "n",
         lowercase: str = "upper",
         torch_threads: int | None = None,
+        split: str = "overlap",
+        split_k: int = 32,
+        split_strand: str = "both",
+        split_seed: int = 0,
+        max_per_label: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.split_method, self.split_k, self.split_strand = split, split_k, split_strand
+        self.split_seed, self.max_per_label = split_seed, max_per_label
         if torch_threads:
             # The core has no thread setting; on a small shared CPU, oversubscribed intra-op
             # threads made training ~10x slower than one thread (measured), so recipes set 1.
@@ -125,6 +155,28 @@ class _DNAData(TokenDataModule):
         self.tokenizer_file = tokenizer_file
         self.policy = _policy(ambiguous, lowercase)
         self.tokenizer: DNATokenizer | None = None
+
+    def split_settings(self) -> dict[str, Any]:
+        return {
+            "split": self.split_method,
+            "split_k": self.split_k,
+            "split_strand": self.split_strand,
+            "split_seed": self.split_seed,
+            "max_per_label": self.max_per_label,
+        }
+
+    def _load_tasks(self, tasks, only: Sequence[str] | None = None) -> list[LabelledTask]:
+        return load_tasks(
+            tasks,
+            self.data_dir,
+            self.policy,
+            self.split_seed,
+            self.max_per_label,
+            only,
+            self.split_method,
+            self.split_k,
+            self.split_strand,
+        )
 
     def _make_tokenizer(self, train_seqs: Sequence[str]) -> DNATokenizer:
         if self.tokenizer_file and Path(self.tokenizer_file).is_file():
@@ -142,10 +194,13 @@ class DNAPretrainDataModule(_DNAData):
 
     sources: sequence files (FASTA/FASTQ/GenBank/CSV, .gz or not; relative paths against the
         shared `dna/` folder) and/or "synthetic".
-    tasks: task specs or a preset whose *training-split* sequences are added, while their
-        val/test sequences are kept out of pretraining (no leakage into finetuning tests).
+    tasks: task specs or a preset whose *training-split* sequences are added. Every window
+        (from the tasks or the sources) sharing a `split_k`-mer (on `split_strand`) with one
+        of their val/test sequences is dropped, so finetuning tests stay unseen; the split
+        is the one the finetuning datamodule makes from the same split settings.
     window / stride: records longer than `window` bases are cut (stride default = window).
     rc_augment: add the reverse complement of every training window.
+    The pretraining hold-out (val/test windows) is drawn with `split_seed` as well.
     """
 
     def __init__(
@@ -157,25 +212,23 @@ class DNAPretrainDataModule(_DNAData):
         stride: int | None = None,
         rc_augment: bool = True,
         max_sequences: int | None = None,
-        task_seed: int = 0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.sources, self.tasks, self.data_dir = sources or [], tasks, data_dir
         self.window, self.stride, self.rc_augment = window, stride, rc_augment
-        self.max_sequences, self.task_seed = max_sequences, task_seed
+        self.max_sequences = max_sequences
         self.read_errors: list[str] = []
+        self.n_dropped_overlap = 0
 
-    def _sequences(self) -> tuple[list[str], set[str]]:
+    def _sequences(self) -> tuple[list[str], list[str]]:
         seqs: list[str] = []
-        held_out: set[str] = set()
-        for task in (
-            load_tasks(self.tasks, self.data_dir, self.policy, self.task_seed) if self.tasks else []
-        ):
+        held_out: list[str] = []
+        for task in self._load_tasks(self.tasks) if self.tasks else []:
             self.read_errors += task.errors
             train, _ = task.subset("train")
             seqs += train
-            held_out |= {s for s, sp in zip(task.seqs, task.split) if sp != "train"}
+            held_out += [s for s, sp in zip(task.seqs, task.split) if sp != "train"]
         for src in self.sources:
             if src == "synthetic":
                 seqs += [e.seq for e in synthetic_examples(seed=self.seed)]
@@ -200,10 +253,19 @@ class DNAPretrainDataModule(_DNAData):
         wins: list[str] = []
         for s in seqs:
             for w in windows(s, self.window, self.stride, min_len=8):
-                if w not in seen and w not in held_out:
+                if w not in seen:
                     seen.add(w)
                     wins.append(w)
-        rng = np.random.default_rng(self.seed)
+        if held_out:
+            keep = ~shares_kmer(wins, held_out, self.split_k, self.split_strand)
+            self.n_dropped_overlap = int((~keep).sum())
+            wins = [w for w, ok in zip(wins, keep) if ok]
+            print(
+                f"DNAPretrainDataModule: dropped {self.n_dropped_overlap} window(s) sharing a "
+                f"{self.split_k}-mer with a task's val/test sequence",
+                file=sys.stderr,
+            )
+        rng = np.random.default_rng(self.split_seed)
         order = rng.permutation(len(wins))
         if self.max_sequences:
             order = order[: self.max_sequences]
@@ -228,7 +290,10 @@ class DNATaskDataModule(_DNAData):
     mode "omni": one `<task:NAME>` token per task and one `<label:Y>` token per label are
         appended to the vocabulary (existing ids unchanged, so a pretrained model only grows
         rows); an example is `<bos> <task> bases <sep> <label>*label_repeat <eos>` with
-        `loss_mask` on the label tokens only.
+        `loss_mask` on the label tokens only. `task_position="after"` gives Omni-DNA's own
+        layout, `<bos> bases <task> <sep> <label>*r <eos>` (the task is read after the
+        sequence); the default "before" lets a causal model read the sequence knowing the
+        task. `label_repeat` 10 is Omni-DNA's setting.
     mode "head": `<bos> bases <eos>` with `task` and `label` ints, for FinetuneModule.
     pretrained: a checkpoint whose vocabulary (and tokenizer) is extended, so ids match.
     only: restrict to these task names (single-task models over the same splits).
@@ -243,17 +308,46 @@ class DNATaskDataModule(_DNAData):
         data_dir: str | None = None,
         only: list[str] | None = None,
         label_repeat: int = 1,
+        task_position: str = "before",
         rc_augment: bool = False,
-        max_per_label: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if mode not in ("omni", "head"):
             raise ValueError(f"mode must be 'omni' or 'head', got {mode!r}")
+        if task_position not in ("before", "after"):
+            raise ValueError(f"task_position must be 'before' or 'after', got {task_position!r}")
+        if label_repeat < 1:
+            raise ValueError(f"label_repeat must be >= 1, got {label_repeat}")
         self.task_specs, self.mode, self.pretrained = tasks, mode, pretrained
         self.data_dir, self.only, self.label_repeat = data_dir, only, label_repeat
-        self.rc_augment, self.max_per_label = rc_augment, max_per_label
+        self.task_position, self.rc_augment = task_position, rc_augment
         self.tasks: list[LabelledTask] = []
+
+    def check_pretraining_split(self) -> None:
+        """The pretraining stage must have held out this split: same split settings.
+
+        Its config.yaml sits two folders above the checkpoint (a recipe / `seqmodels fit`
+        layout); without one there is nothing to compare, which is allowed.
+        """
+        config = Path(self.pretrained).parent.parent / "config.yaml"
+        if not config.is_file():
+            return
+        import yaml
+
+        args = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("init_args")
+        if not args or not args.get("tasks"):
+            return
+        ours = self.split_settings()
+        defaults = inspect.signature(_DNAData.__init__).parameters
+        theirs = {k: args.get(k, defaults[k].default) for k in ours}
+        if theirs != ours:
+            diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+            raise ValueError(
+                f"{config}: pretraining split settings differ from finetuning "
+                f"(pretrain, finetune): {diff}; the pretraining corpus would hold out "
+                "another split and finetuning test sequences could be pretraining data"
+            )
 
     def _base_vocab(self, train_seqs: list[str]) -> Vocab:
         if self.pretrained:
@@ -295,7 +389,11 @@ class DNATaskDataModule(_DNAData):
             if label is not None:
                 ex["label"] = int(label)
             return ex
-        prompt = [BOS, self.vocab.token_to_id(task_token(t.name)), *seq_ids.tolist(), SEP]
+        tid = self.vocab.token_to_id(task_token(t.name))
+        if self.task_position == "before":
+            prompt = [BOS, tid, *seq_ids.tolist(), SEP]
+        else:
+            prompt = [BOS, *seq_ids.tolist(), tid, SEP]
         if label is None:
             return {"ids": prompt}
         lab = self.vocab.token_to_id(label_token(t.labels[label]))
@@ -304,9 +402,9 @@ class DNATaskDataModule(_DNAData):
         return {"ids": ids, "loss_mask": mask, "task": task_index}
 
     def build(self) -> list[dict]:
-        self.tasks = load_tasks(
-            self.task_specs, self.data_dir, self.policy, self.seed, self.max_per_label, self.only
-        )
+        if self.pretrained:
+            self.check_pretraining_split()
+        self.tasks = self._load_tasks(self.task_specs, self.only)
         for t in self.tasks:
             report_skipped(t.errors, f"task {t.name!r}")
         train_seqs = [s for t in self.tasks for s in t.subset("train")[0]]

@@ -67,7 +67,7 @@ def classify_split(
     rc_average: average the label log-probabilities of the sequence and its reverse
     complement (test-time augmentation; a causal LM is not strand-symmetric by itself).
     """
-    dm._ensure()
+    dm.setup("fit")
     results = {}
     for ti, t in enumerate(tqdm(dm.tasks, desc=f"classify {split}", unit="task")):
         seqs, y = t.subset(split)

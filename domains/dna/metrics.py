@@ -5,23 +5,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_f1_score,
-    multiclass_matthews_corrcoef,
-)
 
 
 def classification_metrics(y_true, y_pred, n_classes: int) -> dict[str, float]:
-    """Accuracy, MCC and macro-F1 (torchmetrics) for one task."""
-    t = torch.as_tensor(np.asarray(y_true), dtype=torch.long)
-    p = torch.as_tensor(np.asarray(y_pred), dtype=torch.long)
-    n_classes = max(n_classes, 2)
+    """Accuracy, MCC and macro-F1 for one task, as scikit-learn defines them.
+
+    scikit-learn's MCC (Gorodkin's multiclass form) is 0 for a constant predictor; the
+    torchmetrics version used before gave 0.0048 there, flattering trivial models.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    labels = list(range(max(n_classes, 2)))
     return {
-        "accuracy": float(multiclass_accuracy(p, t, n_classes, average="micro")),
-        "mcc": float(multiclass_matthews_corrcoef(p, t, n_classes)),
-        "f1": float(multiclass_f1_score(p, t, n_classes, average="macro")),
+        "accuracy": float(accuracy_score(t, p)),
+        "mcc": float(matthews_corrcoef(t, p)),
+        "f1": float(f1_score(t, p, labels=labels, average="macro", zero_division=0)),
         "n": int(len(t)),
     }
 

@@ -4,6 +4,7 @@ A task spec (from a recipe) is one of
   {name, table: FILE, seq_col, label_col, labels?}            CSV/TSV with a label column
   {name, files: {LABEL: [FILE, ...], ...}}                      one sequence file set per label
   {name, synthetic: TASK, n, length}                            planted-motif data (synthetic)
+plus an optional `split: overlap | random`.
 Relative paths resolve against `data_dir` (default: the shared `dna/` folder).
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from domains.dna.alphabet import DEFAULT_POLICY, BasePolicy, DNAInputError
 from domains.dna.readers import ReadReport, read_records
+from domains.dna.splits import make_split
 from domains.dna.synthetic import synthetic_examples
 
 SPLITS = ("train", "val", "test")
@@ -55,6 +57,7 @@ class LabelledTask:
     y: np.ndarray  # class indices into `labels`
     split: np.ndarray  # "train" / "val" / "test" per example
     errors: list[str] = field(default_factory=list)  # bad records that were skipped
+    split_method: str = "overlap"
 
     def subset(self, split: str) -> tuple[list[str], np.ndarray]:
         idx = np.flatnonzero(self.split == split)
@@ -68,23 +71,6 @@ def _resolve(path: str | Path, data_dir: Path | None) -> Path:
     return data_dir / p
 
 
-def seeded_split(
-    n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, y=None
-) -> np.ndarray:
-    """Per-class (stratified when `y` is given) seeded assignment to train/val/test."""
-    out = np.empty(n, dtype=object)
-    rng = np.random.default_rng(seed)
-    groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
-    for idx in groups:
-        idx = rng.permutation(idx)
-        n_train = int(round(fractions[0] * len(idx)))
-        n_val = int(round(fractions[1] * len(idx)))
-        out[idx[:n_train]] = "train"
-        out[idx[n_train : n_train + n_val]] = "val"
-        out[idx[n_train + n_val :]] = "test"
-    return out
-
-
 def load_task(
     spec: dict[str, Any],
     data_dir: str | Path | None = None,
@@ -92,9 +78,14 @@ def load_task(
     seed: int = 0,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     max_per_label: int | None = None,
+    split: str = "overlap",
+    split_k: int = 32,
+    split_strand: str = "both",
 ) -> LabelledTask:
-    """Read one task, drop exact duplicate sequences (they would leak across splits), split.
+    """Read one task, drop exact duplicate sequences, split (`domains.dna.splits`).
 
+    split: "overlap" (default: sequences sharing a `split_k`-mer, on `split_strand`, stay in
+        one split) or "random" (stratified); a spec's own `split:` key overrides it.
     Bad records are skipped and listed in `errors`; `max_per_label` caps each class (a seeded
     subsample) to keep CPU recipes small.
     """
@@ -146,5 +137,6 @@ def load_task(
         )
         keep.sort()
         seqs, y = [seqs[i] for i in keep], y[keep]
-    split = seeded_split(len(seqs), fractions, seed, y)
-    return LabelledTask(name, labels, seqs, y, split, report.errors)
+    method = spec.get("split", split)
+    where = make_split(seqs, y, method, fractions, seed, split_k, split_strand)
+    return LabelledTask(name, labels, seqs, y, where, report.errors, method)

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from domains.dna.alphabet import DNAInputError
+from domains.dna.splits import random_split
 from domains.dna.synthetic import SYNTHETIC_TASKS, synthetic_examples
-from domains.dna.tasks import load_task, seeded_split
+from domains.dna.tasks import load_task
 from seqmodels.paths import data_path
 
 
@@ -25,7 +26,7 @@ def test_synthetic_plants_motifs_in_positives_only():
 
 def test_seeded_stratified_split():
     y = np.array([0] * 80 + [1] * 20)
-    a, b = seeded_split(100, seed=1, y=y), seeded_split(100, seed=1, y=y)
+    a, b = random_split(100, seed=1, y=y), random_split(100, seed=1, y=y)
     assert (a == b).all()
     assert (a == "test").sum() == 10 and ((a == "test") & (y == 1)).sum() == 2
 
@@ -46,6 +47,6 @@ def test_task_from_files_dedups_and_checks_labels(tmp_path):
 def test_real_promoter_tasks_load():
     from domains.dna.tasks import PROMOTER_TASKS
 
-    t = load_task(PROMOTER_TASKS[0], data_path("dna"))
+    t = load_task(PROMOTER_TASKS[0], data_path("dna"), split="random")
     assert t.name == "human_nontata" and len(t.seqs) == 9034
     assert (t.split == "test").sum() == 903 and not t.errors
