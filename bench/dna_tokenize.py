@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from domains.dna.inference import score_sequences  # noqa: E402
 from domains.dna.readers import read_records  # noqa: E402
 from domains.dna.tokenizers import SingleNucleotideTokenizer, build_tokenizer  # noqa: E402
-from seqmodels.module import SeqLM  # noqa: E402
 from seqmodels.paths import data_path  # noqa: E402
+from seqmodels.training import SeqLM  # noqa: E402
 
 
 def _time(fn, repeats: int) -> float:

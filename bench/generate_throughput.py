@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import alternate, emit, environment  # noqa: E402
 
-from seqmodels.module import SeqLM  # noqa: E402
 from seqmodels.sampling import generate  # noqa: E402
+from seqmodels.training import SeqLM  # noqa: E402
 
 SHAPE = dict(n_layers=4, n_heads=4, d_model=128, vocab=65)
 

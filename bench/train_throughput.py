@@ -22,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import alternate, emit, environment, matmul_peak, time_per_call  # noqa: E402
 
-from seqmodels.module import SeqLM  # noqa: E402
+from seqmodels.training import SeqLM  # noqa: E402
 
 SHAPES = {
     "baby": dict(n_layers=4, n_heads=4, d_model=128, block=64, batch=12, vocab=65),

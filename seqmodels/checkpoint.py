@@ -20,6 +20,34 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or not a seqmodels checkpoint."""
 
 
+# Classes that moved, from the checkpoints of earlier versions to today's.
+MOVED_CLASSES = {
+    "seqmodels.module.SeqLM": "seqmodels.training.SeqLM",
+    "seqmodels.module.FinetuneModule": "seqmodels.training.FinetuneModule",
+}
+
+
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """Bring a checkpoint of an earlier layout to today's, in place (a no-op on current
+    ones). seqmodels.module.SeqLM held the model's layers itself: its keys gain the
+    `model.` prefix of `SeqLM.model`. seqmodels.module.FinetuneModule ran the backbone
+    causally unless pooling was "mean", and had no default condition (zeros now)."""
+    name = ckpt.get("seqmodels_class")
+    if name not in MOVED_CLASSES:
+        return ckpt
+    if name.endswith(".SeqLM"):
+        ckpt["state_dict"] = {f"model.{k}": v for k, v in ckpt["state_dict"].items()}
+    else:
+        hp = ckpt.setdefault("hyper_parameters", {})
+        hp.setdefault("attention", "bidirectional" if hp.get("pooling") == "mean" else "causal")
+        backbone = ckpt.get("seqmodels_backbone") or hp.get("backbone_config") or {}
+        d_cond = backbone.get("d_cond")
+        if d_cond:
+            ckpt["state_dict"].setdefault("default_cond", torch.zeros(d_cond))
+    ckpt["seqmodels_class"] = MOVED_CLASSES[name]
+    return ckpt
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, fsync, then rename over it: a kill at
     any moment leaves either the old file or the new one, never a torn one."""
@@ -53,7 +81,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    return ckpt
+    return upgrade_checkpoint(ckpt)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -137,13 +165,15 @@ def load_exported(out_dir: str | Path) -> torch.nn.Module:
     out_dir = Path(out_dir)
     try:
         config = json.loads((out_dir / "config.json").read_text())
-        module, _, cls = config["class"].rpartition(".")
+        state = load_file(str(out_dir / "model.safetensors"))
+        for k, src in config.get("tied", {}).items():
+            state[k] = state[src]
+        old = {"seqmodels_class": config["class"], "state_dict": state}
+        upgraded = upgrade_checkpoint({**old, "hyper_parameters": config["hyper_parameters"]})
+        module, _, cls = upgraded["seqmodels_class"].rpartition(".")
         model_cls = getattr(importlib.import_module(module), cls)
     except (OSError, KeyError, ValueError, ImportError, AttributeError) as err:
         raise CheckpointError(f"{out_dir}: not a seqmodels export: {err}") from err
-    model = model_cls(**config["hyper_parameters"])
-    state = load_file(str(out_dir / "model.safetensors"))
-    for k, src in config.get("tied", {}).items():
-        state[k] = state[src]
-    model.load_state_dict(state)
+    model = model_cls(**upgraded["hyper_parameters"])
+    model.load_state_dict(upgraded["state_dict"])
     return model.eval()

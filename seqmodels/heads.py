@@ -1,6 +1,9 @@
-"""Output heads on backbone states: pooling plus per-task classification / regression."""
+"""Output heads on backbone states: pooling, per-task classification / regression MLPs,
+and domain-supplied head modules."""
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 from torch import nn
@@ -38,3 +41,17 @@ class TaskHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.net(pooled)
+
+
+def build_head(spec: dict | None, d_model: int, n_outputs: int, dropout: float) -> nn.Module:
+    """A task head: the default MLP (`TaskHead`), or a domain's module given as
+    {"class_path": "pkg.mod.Class", "init_args": {...}}, built as
+    Class(d_model=..., n_outputs=..., **init_args)."""
+    if not spec:
+        return TaskHead(d_model, n_outputs, dropout=dropout)
+    module, _, name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"head {spec['class_path']!r} cannot be imported: {err}") from err
+    return cls(d_model=d_model, n_outputs=n_outputs, **spec.get("init_args", {}))

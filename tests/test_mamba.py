@@ -139,7 +139,7 @@ def test_parameter_names_match_mamba_ssm():
 
 def test_dt_init_survives_generic_linear_init():
     """SeqLM re-initialises every nn.Linear; Mamba's dt bias must keep its init."""
-    from seqmodels.module import SeqLM
+    from seqmodels.training import SeqLM
 
     lm = SeqLM(d_input=8, backbone="mamba", d_model=32, n_layers=1)
     dt = torch.nn.functional.softplus(lm.backbone.layers[0].mixer.dt_proj.bias)

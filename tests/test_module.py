@@ -4,8 +4,8 @@ import torch
 
 from seqmodels.checkpoint import load_module
 from seqmodels.data import ExamplesDataModule, ResumableBatchSampler
-from seqmodels.module import FinetuneModule, SeqLM
 from seqmodels.sampling import generate
+from seqmodels.training import FinetuneModule, SeqLM
 from seqmodels.vocab import Vocab
 from tests.conftest import cyclic_examples
 

@@ -115,7 +115,7 @@ def _recipe(tmp_path: Path) -> Path:
     tiny = {
         "seed_everything": 0,
         "model": {
-            "class_path": "seqmodels.module.SeqLM",
+            "class_path": "seqmodels.training.SeqLM",
             "init_args": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 32},
         },
         "data": {

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from seqmodels.module import SeqLM
 from seqmodels.sampling import generate, top_k_filter, top_p_filter
+from seqmodels.training import SeqLM
 
 
 @pytest.fixture

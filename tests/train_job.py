@@ -16,7 +16,7 @@ from conftest import cyclic_examples  # noqa: E402
 
 from seqmodels.checkpoint import AtomicCheckpointIO  # noqa: E402
 from seqmodels.data import ExamplesDataModule  # noqa: E402
-from seqmodels.module import SeqLM  # noqa: E402
+from seqmodels.training import SeqLM  # noqa: E402
 from seqmodels.vocab import Vocab  # noqa: E402
 
 

@@ -147,7 +147,7 @@ def load_affinity_model(path: str):
     import inspect
 
     from seqmodels.checkpoint import load_checkpoint
-    from seqmodels.module import SeqLM
+    from seqmodels.training import SeqLM
 
     from .finetune import AffinityModel
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from seqmodels.checkpoint import load_checkpoint
-from seqmodels.module import SeqLM
+from seqmodels.training import SeqLM
 
 from .segmentation import affinities, balanced_weights
 from .tokens import check_crop, crop_at, patchify, random_crop_origin, tiles, unpatchify

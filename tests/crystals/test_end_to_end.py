@@ -7,8 +7,8 @@ from domains.crystals.codec import decode
 from domains.crystals.data import CrystalsDataModule
 from domains.crystals.slices import parse
 from domains.crystals.tokenizer import SlicesGrammar, decode_ids
-from seqmodels.module import SeqLM
 from seqmodels.sampling import generate
+from seqmodels.training import SeqLM
 
 
 def test_tiny_mattergpt_generates_parseable_slices(tmp_path):

@@ -127,7 +127,7 @@ def test_metrics():
 
 
 def test_pretrain_batches_work_with_core_mixed_objectives():
-    from seqmodels.module import SeqLM
+    from seqmodels.training import SeqLM
 
     dm = DNAPretrainDataModule(tasks=TASKS, window=40, batch_size=8, tokenizer="kmer", k=3)
     dm.setup()

@@ -10,7 +10,7 @@ import yaml
 from domains.dna.data import DNAPretrainDataModule, DNATaskDataModule
 from domains.dna.readers import read_records
 from seqmodels.cli import main
-from seqmodels.module import SeqLM
+from seqmodels.training import SeqLM
 
 TASKS = [
     {"name": "tata", "synthetic": "tata", "n": 40, "length": 40},

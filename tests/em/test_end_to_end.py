@@ -12,7 +12,7 @@ from domains.em.data import EMDataModule, load_source
 from domains.em.finetune import AffinityModel, train_affinities
 from domains.em.segmentation import metrics, watershed
 from domains.em.volume import VolumeError
-from seqmodels.module import SeqLM
+from seqmodels.training import SeqLM
 
 SMALL = {
     "source": "synthetic",
