@@ -221,7 +221,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 def test_generate_n_samples_per_condition(tmp_path, capsys):
     from seqmodels.data import ExamplesDataModule
-    from seqmodels.module import SeqLM
+    from seqmodels.training import SeqLM
     from seqmodels.synthetic import dyck_vocab
 
     vocab = dyck_vocab(2)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seqmodels.module import SeqLM
+from seqmodels.training import SeqLM
 from seqmodels.objectives import Mixture, NextScale, _interp, build_objective
 
 
