@@ -1,14 +1,27 @@
-"""Training objectives: each maps a batch to (inputs, attention, targets, loss weights).
+"""Training objectives: each maps a batch to (inputs, blanks, attention, targets, weights).
 
-Positions are aligned so one head serves every objective: a position whose input is a
-real token predicts the *next* token (next-token), a blanked position (input replaced
-by the learned mask embedding) predicts *its own* token (random-token, next-all,
-next-scale). This is what lets a mixture train one backbone and one head.
+THE ALIGNMENT RULE. Every objective follows it, so one backbone and one head serve a
+mixture of objectives without contradictory targets:
+
+- Under **causal** (and **prefix**) attention the state at position i predicts the token
+  at position i + 1, whether input i is a real token or blanked (replaced by the learned
+  mask embedding). Under prefix attention a position inside the prefix sees its target,
+  so only positions i >= prefix_len - 1 may carry weight.
+- Under **bidirectional** and **custom** (block-causal) attention the state at position i
+  predicts its *own* token, and its input must not carry that token: input i is blanked,
+  or (next-scale) holds the token of its parent in the coarser scale. No other position
+  it sees carries it either.
+
+Positions index the batch's sequence (next-token-style objectives drop the last input,
+which has no next token). A target counts only where the batch's `pad` and `loss_mask`
+are true at the target's own position (`loss_mask[b, t]` says whether token t is scored).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +51,19 @@ def _pad(batch: dict) -> torch.Tensor:
     return pad if pad is not None else torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
 
 
+def _scored(batch: dict) -> torch.Tensor:
+    """(B, L) bool: positions whose token may be a target (real, and in `loss_mask`)."""
+    ok = _pad(batch).bool()
+    if batch.get("loss_mask") is not None:
+        ok = ok & batch["loss_mask"].bool().to(ok.device)
+    return ok
+
+
+def _spec_pad(pad: torch.Tensor) -> torch.Tensor | None:
+    """None when nothing is padded, so the backbone takes its unmasked fast path."""
+    return None if pad.all() else pad
+
+
 def _random_like(pad: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.rand(pad.shape, generator=generator).to(pad.device)
 
@@ -57,24 +83,24 @@ class Objective:
         raise NotImplementedError
 
 
+def _shifted(name: str, batch: dict, blank: torch.Tensor | None, weights: torch.Tensor):
+    """A causal part: inputs 0..L-2 predict tokens 1..L-1 (weights over target positions)."""
+    t, pad = _tokens(batch), _pad(batch)
+    spec = AttentionSpec("causal", pad=_spec_pad(pad[:, :-1]))
+    w = (weights & _scored(batch))[:, 1:].float()
+    return ObjectiveOutput(name, t[:, :-1], blank, spec, t[:, 1:], w, batch.get("cond"))
+
+
 class NextToken(Objective):
-    """Causal next-token prediction; `loss_mask` in the batch selects which targets count."""
+    """Causal next-token prediction."""
 
     name = "next_token"
 
     def __call__(self, batch, generator=None, progress=0.0):
-        t, pad = _tokens(batch), _pad(batch)
-        w = pad[:, 1:]
-        if "loss_mask" in batch:
-            w = w & batch["loss_mask"][:, 1:]
-        spec = AttentionSpec("causal", pad=pad[:, :-1] if not pad.all() else None)
-        out = ObjectiveOutput(
-            self.name, t[:, :-1], None, spec, t[:, 1:], w.float(), batch.get("cond")
-        )
-        return [out]
+        return [_shifted(self.name, batch, None, _pad(batch))]
 
 
-class MaskEnhancedNextToken(NextToken):
+class MaskEnhancedNextToken(Objective):
     """MEAP: blank a small fraction of the inputs, keep the causal next-token loss."""
 
     name = "meap"
@@ -83,71 +109,125 @@ class MaskEnhancedNextToken(NextToken):
         self.ratio = ratio
 
     def __call__(self, batch, generator=None, progress=0.0):
-        (out,) = super().__call__(batch, generator, progress)
-        pad = _pad(batch)[:, :-1]
+        pad = _pad(batch)
         blank = (_random_like(pad, generator) < self.ratio) & pad
         blank[:, 0] = False  # keep the first token (bos / anchor) visible
-        out.blank = blank
-        return [out]
+        return [_shifted(self.name, batch, blank[:, :-1], pad)]
 
 
 class RandomToken(Objective):
-    """Masked prediction: blank a ratio of tokens, reconstruct them with full attention."""
+    """Masked prediction: blank a ratio of tokens, predict them with full attention."""
 
     name = "random_token"
 
-    def __init__(self, ratio: float = 0.4, loss_on: str = "masked"):
-        if loss_on not in ("masked", "all"):
-            raise ValueError(f"loss_on must be 'masked' or 'all', not {loss_on!r}")
-        self.ratio, self.loss_on = ratio, loss_on
+    def __init__(self, ratio: float = 0.4):
+        self.ratio = ratio
 
     def __call__(self, batch, generator=None, progress=0.0):
         t, pad = _tokens(batch), _pad(batch)
         blank = (_random_like(pad, generator) < self.ratio) & pad
-        w = blank if self.loss_on == "masked" else pad
-        spec = AttentionSpec("bidirectional", pad=None if pad.all() else pad)
-        return [ObjectiveOutput(self.name, t, blank, spec, t, w.float(), batch.get("cond"))]
+        spec = AttentionSpec("bidirectional", pad=_spec_pad(pad))
+        w = (blank & _scored(batch)).float()
+        return [ObjectiveOutput(self.name, t, blank, spec, t, w, batch.get("cond"))]
 
 
 class NextAll(Objective):
-    """Keep a random prefix of K tokens, blank the rest, predict every remaining token at
-    once (TokenUnify). Causal attention, so it shares the model with next-token."""
+    """Keep a random prefix of K >= 1 tokens, blank the rest, predict every remaining token
+    at once (TokenUnify's next-all). attention "causal": positions K-1.. predict the next
+    token (the rule's causal case; it shares a model with next-token); "bidirectional":
+    the blanked positions predict themselves (TokenUnify's code runs it this way on its
+    bidirectional network)."""
 
     name = "next_all"
+
+    def __init__(self, attention: str = "causal"):
+        if attention not in ("causal", "bidirectional"):
+            raise ValueError(
+                f"next_all attention must be causal or bidirectional, not {attention!r}"
+            )
+        self.attention = attention
 
     def __call__(self, batch, generator=None, progress=0.0):
         t, pad = _tokens(batch), _pad(batch)
         k = _random_k(pad.sum(1), generator)
         pos = torch.arange(pad.shape[1], device=pad.device)[None, :]
         blank = (pos >= k[:, None]) & pad
-        spec = AttentionSpec("causal", pad=None if pad.all() else pad)
-        return [ObjectiveOutput(self.name, t, blank, spec, t, blank.float(), batch.get("cond"))]
+        if self.attention == "causal":  # targets K.. (the first from the last visible token)
+            return [_shifted(self.name, batch, blank[:, :-1], blank)]
+        spec = AttentionSpec("bidirectional", pad=_spec_pad(pad))
+        w = (blank & _scored(batch)).float()
+        return [ObjectiveOutput(self.name, t, blank, spec, t, w, batch.get("cond"))]
+
+
+def grid_parents(shapes: Sequence[int | Sequence[int]]) -> list[list[int]]:
+    """Parents for next-scale prediction on grids: for scales 1..S-1, the index (raster
+    order, last axis fastest) of each position's parent in the scale before, the cell
+    covering it (coordinate c of a side n maps to c * n_prev // n).
+
+    shapes: per-scale grid shapes, all of one dimensionality, e.g. [(1, 1), (2, 2), (4, 4)]
+    or 3-D [(1, 1, 1), (2, 2, 2)]; plain ints are 1-D scales."""
+    grids = [(int(s),) if isinstance(s, int) else tuple(int(n) for n in s) for s in shapes]
+    if len({len(g) for g in grids}) > 1:
+        raise ValueError(f"scale shapes must share one dimensionality, got {grids}")
+    if any(n < 1 for g in grids for n in g):
+        raise ValueError(f"scale shapes must be positive, got {grids}")
+    out = []
+    for prev, cur in zip(grids, grids[1:]):
+        coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in cur), indexing="ij"), -1)
+        pc = coords * torch.tensor(prev) // torch.tensor(cur)  # (*cur, ndim)
+        strides = torch.tensor([math.prod(prev[i + 1 :]) for i in range(len(prev))])
+        out.append((pc * strides).sum(-1).flatten().tolist())
+    return out
 
 
 class NextScale(Objective):
-    """Next-scale prediction (VAR): the sequence is scales 1..S concatenated; block s
-    predicts the tokens of scale s from scales < s. Block s's inputs are the tokens of
-    scale s-1 at each position's parent (nearest in raster order unless `parents` gives
-    them); block 0 is blank. Attention is block-causal."""
+    """Next-scale prediction (VAR): the sequence is scales 0..S-1 concatenated; block s
+    predicts the tokens of scale s, its inputs being the tokens of scale s-1 at each
+    position's parent (block 0 is blank). Attention is block-causal: block s sees blocks
+    <= s, so it sees no token of scale s (the rule's custom case).
+
+    Give the scales as grid `shapes` ([[1, 1], [2, 2], [4, 4]]; plain ints declare 1-D
+    scales, [1, 2, 4]), whose parents `grid_parents` derives, or as `scale_sizes` with
+    explicit `parents` (for scales 1.., each position's index in the scale before)."""
 
     name = "next_scale"
 
-    def __init__(self, scale_sizes: list[int], parents: list[list[int]] | None = None):
-        self.sizes = list(scale_sizes)
+    def __init__(
+        self,
+        scale_sizes: list[int] | None = None,
+        parents: list[list[int]] | None = None,
+        shapes: list | None = None,
+    ):
+        if shapes is not None:
+            if parents is not None:
+                raise ValueError("next_scale takes shapes or parents, not both")
+            sizes = [math.prod([s] if isinstance(s, int) else s) for s in shapes]
+            if scale_sizes is not None and list(scale_sizes) != sizes:
+                raise ValueError(f"scale_sizes {list(scale_sizes)} do not match shapes {shapes}")
+            scale_sizes, parents = sizes, grid_parents(shapes)
+        if scale_sizes is None or (parents is None and len(scale_sizes) > 1):
+            raise ValueError(
+                "next_scale needs the scales' grid shapes (shapes=[[1, 1], [2, 2], [4, 4]]; "
+                "shapes=[1, 2, 4] for 1-D scales) or scale_sizes with explicit parents"
+            )
+        self.sizes = [int(n) for n in scale_sizes]
+        parents = parents or []
+        if len(parents) != len(self.sizes) - 1:
+            raise ValueError(f"parents must list {len(self.sizes) - 1} scales, got {len(parents)}")
         starts = [0]
         for n in self.sizes:
             starts.append(starts[-1] + n)
         self.starts = starts
-        if parents is None:
-            parents = [
-                [i * self.sizes[s - 1] // self.sizes[s] for i in range(self.sizes[s])]
-                for s in range(1, len(self.sizes))
-            ]
         src = []  # for every position of blocks 1.., its parent's absolute index
         for s in range(1, len(self.sizes)):
-            if len(parents[s - 1]) != self.sizes[s]:
+            ps = [int(p) for p in parents[s - 1]]
+            if len(ps) != self.sizes[s]:
                 raise ValueError(f"parents of scale {s} must list {self.sizes[s]} indices")
-            src += [starts[s - 1] + p for p in parents[s - 1]]
+            if any(not 0 <= p < self.sizes[s - 1] for p in ps):
+                raise ValueError(
+                    f"parents of scale {s} must index scale {s - 1} (0..{self.sizes[s - 1] - 1})"
+                )
+            src += [starts[s - 1] + p for p in ps]
         self.src = torch.tensor(src, dtype=torch.long)
         block = torch.tensor(sum(([b] * n for b, n in enumerate(self.sizes)), []))
         self.allowed = block[None, :] <= block[:, None]
@@ -163,10 +243,9 @@ class NextScale(Objective):
         inputs[:, self.sizes[0] :] = t[:, self.src.to(t.device)]
         blank = torch.zeros_like(pad)
         blank[:, : self.sizes[0]] = True
-        spec = AttentionSpec(
-            "custom", allowed=self.allowed.to(t.device), pad=None if pad.all() else pad
-        )
-        return [ObjectiveOutput(self.name, inputs, blank, spec, t, pad.float(), batch.get("cond"))]
+        spec = AttentionSpec("custom", allowed=self.allowed.to(t.device), pad=_spec_pad(pad))
+        w = _scored(batch).float()
+        return [ObjectiveOutput(self.name, inputs, blank, spec, t, w, batch.get("cond"))]
 
 
 def _interp(points: float | list, progress: float) -> float:
