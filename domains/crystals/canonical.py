@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from pymatgen.core.periodic_table import Element
 
-from domains.crystals.slices import SlicesGraph
+from domains.crystals.slices import SlicesGraph, adjacency, orient, unique_edges
 
 MAX_LEAVES = 4096  # search cap; beyond it the string is still valid but may not be canonical
 
@@ -29,14 +29,6 @@ def element_key(symbol: str) -> tuple[float, int]:
         x = el.X
     x = x if np.isfinite(x) else 10.0
     return (x, el.Z)
-
-
-def _adjacency(n: int, edges: np.ndarray) -> list[list[tuple[int, tuple[int, int, int]]]]:
-    adj: list[list] = [[] for _ in range(n)]
-    for i, j, *t in edges.tolist():
-        adj[i].append((j, tuple(t)))
-        adj[j].append((i, (-t[0], -t[1], -t[2])))
-    return adj
 
 
 def _rank(sigs: list) -> list[int]:
@@ -62,23 +54,19 @@ def _relabel(edges: np.ndarray, new_index: np.ndarray) -> tuple:
     e = edges.copy()
     e[:, 0] = new_index[edges[:, 0]]
     e[:, 1] = new_index[edges[:, 1]]
-    t = e[:, 2:]
-    swap = (e[:, 0] > e[:, 1]) | ((e[:, 0] == e[:, 1]) & (_first_sign(t) < 0))
-    e[swap] = np.concatenate([e[swap][:, [1, 0]], -t[swap]], axis=1)
+    e = orient(e)
     order = np.lexsort(e.T[::-1])
     return tuple(map(tuple, e[order].tolist()))
 
 
-def _first_sign(t: np.ndarray) -> np.ndarray:
-    nz = t != 0
-    first = np.where(nz.any(axis=1), nz.argmax(axis=1), 0)
-    return np.sign(t[np.arange(len(t)), first])
-
-
 def canonicalize(graph: SlicesGraph) -> tuple[SlicesGraph, bool]:
-    """(canonical graph, exact) where exact is False only if the search cap was reached."""
+    """(canonical graph, exact) where exact is False only if the search cap was reached.
+
+    Duplicate edges are dropped: the canonical form of a graph with a bond listed twice is
+    that of the graph with the bond once."""
+    graph = SlicesGraph(graph.species, unique_edges(graph.edges))  # a bond listed twice is one
     n = graph.n_sites
-    adj = _adjacency(n, graph.edges)
+    adj = adjacency(n, graph.edges)
     colours = _refine(_rank([element_key(s) for s in graph.species]), adj)
     best: list = [None, None]  # (edge tuple, colours)
     leaves = [0]

@@ -11,6 +11,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from domains.crystals.canonical import canonicalize
+from domains.crystals.cell import frames, reduced_cell, wrapped
 from domains.crystals.geometry import BondTable, DecodeTimeout, FitOptions, embed
 from domains.crystals.neighbors import bond_graph
 from domains.crystals.slices import SlicesError, SlicesGraph, check, parse
@@ -38,26 +39,36 @@ class DecodeResult:
         return self.structure is not None
 
 
-def wrapped(structure: Structure) -> Structure:
-    """An ordered copy with fractional coordinates in [0, 1): offsets are relative to it."""
-    if not structure.is_ordered:
-        raise ValueError("disordered structure: SLICES needs one element per site")
-    f = structure.frac_coords
-    f = f - np.floor(f + 1e-9)
-    f[f < 0] = 0.0
-    return Structure(structure.lattice, [s.specie.symbol for s in structure], f)
-
-
 def encode_info(structure: Structure, method: str = "econnn") -> EncodeInfo:
-    """Encode with details on what had to be extended (contacts, supercell)."""
-    s = wrapped(structure)
+    """Encode with details on what had to be extended (contacts, supercell).
+
+    The bonds are found once in the primitive Niggli cell; the graph is then written in
+    every equivalent basis and origin (cell.frames) and the smallest canonical string wins.
+    """
+    s = reduced_cell(structure)
+    bonds = bond_graph(s, method)
+    species = tuple(x.specie.symbol for x in s)
+    best, exact = None, True
+    for frame in frames(s, bonds.edges):
+        graph, ok = canonicalize(SlicesGraph(species, frame.edges))
+        key = tuple(map(tuple, graph.edges.tolist()))
+        exact &= ok
+        if best is None or key < best[0]:
+            best = (key, graph)
+    if best is not None:
+        return EncodeInfo(best[1].to_string(), bonds.n_contacts, (1, 1, 1), exact)
+    return _encode_supercell(s, method)
+
+
+def _encode_supercell(s: Structure, method: str) -> EncodeInfo:
+    """No frame keeps every offset within +/-1 (a bond longer than a cell): enlarge the cell
+    along those axes, never clamp. Such strings are valid but not cell-invariant."""
     scale = np.ones(3, dtype=int)
     while True:
         bonds = bond_graph(s, method)
         span = np.abs(bonds.edges[:, 2:]).max(axis=0) if len(bonds.edges) else np.zeros(3)
         if (span <= 1).all():
             break
-        # a bond longer than one cell along an axis: enlarge the cell along it, never clamp
         grow = np.where(span > 1, span, 1).astype(int)
         scale *= grow
         if scale.max() > MAX_SUPERCELL:

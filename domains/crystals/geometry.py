@@ -21,7 +21,9 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.periodic_table import Element
 from scipy.optimize import minimize
 
-from domains.crystals.slices import SlicesGraph
+from domains.crystals.cell import wrapped
+from domains.crystals.neighbors import bond_graph
+from domains.crystals.slices import SlicesGraph, adjacency
 
 
 class DecodeTimeout(RuntimeError):
@@ -75,9 +77,6 @@ class BondTable:
     @classmethod
     def fit(cls, structures, method: str = "econnn", progress: bool = False) -> BondTable:
         """Learn bond lengths, contact distances and angle modes from structures' bond graphs."""
-        from domains.crystals.codec import wrapped
-        from domains.crystals.neighbors import bond_graph
-
         bond, bond_cn, nonbond = defaultdict(list), defaultdict(list), defaultdict(list)
         ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
         it = structures
@@ -301,10 +300,7 @@ def _contacts(x, m, g: SlicesGraph, rmin: np.ndarray, scale: float = 1.3):
 
 
 def _angle_terms(g: SlicesGraph, table: BondTable, deg: np.ndarray):
-    inc: list[list[tuple[int, tuple]]] = [[] for _ in range(g.n_sites)]
-    for i, j, *t in g.edges.tolist():
-        inc[i].append((j, tuple(t)))
-        inc[j].append((i, (-t[0], -t[1], -t[2])))
+    inc = adjacency(g.n_sites, g.edges)
     rows, modes = [], []
     sp = g.species
     for k, nb in enumerate(inc):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.core import Structure
 
-from domains.crystals.slices import periodicity
+from domains.crystals.slices import periodicity, unique_edges
 
 
 @dataclass
@@ -74,20 +74,8 @@ def _empty() -> np.ndarray:
 
 
 def undirected(pairs: np.ndarray) -> np.ndarray:
-    """One row per undirected edge, oriented i < j (or i == j with a positive offset), sorted."""
-    if len(pairs) == 0:
-        return _empty()
-    p = pairs.copy()
-    flip = (p[:, 0] > p[:, 1]) | ((p[:, 0] == p[:, 1]) & (_lex_sign(p[:, 2:]) < 0))
-    p[flip] = np.concatenate([p[flip][:, [1, 0]], -p[flip][:, 2:]], axis=1)
-    return np.unique(p, axis=0)
-
-
-def _lex_sign(t: np.ndarray) -> np.ndarray:
-    """Sign of the first non-zero component of each offset row."""
-    nz = t != 0
-    first = np.where(nz.any(axis=1), nz.argmax(axis=1), 0)
-    return np.sign(t[np.arange(len(t)), first])
+    """One row per undirected edge (slices.unique_edges), from directed pairs."""
+    return unique_edges(pairs) if len(pairs) else _empty()
 
 
 def add_contacts(

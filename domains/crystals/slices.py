@@ -46,6 +46,34 @@ class SlicesGraph:
         return deg
 
 
+def orient(edges: np.ndarray) -> np.ndarray:
+    """The same undirected edges written i <= j, a self-edge with its first non-zero offset
+    positive (edge (i, j, t) and (j, i, -t) are one bond)."""
+    e = np.asarray(edges, dtype=np.int64).reshape(-1, 5).copy()
+    t = e[:, 2:]
+    nz = t != 0
+    first = np.where(nz.any(axis=1), nz.argmax(axis=1), 0)
+    sign = np.sign(t[np.arange(len(t)), first])
+    flip = (e[:, 0] > e[:, 1]) | ((e[:, 0] == e[:, 1]) & (sign < 0))
+    e[flip] = np.concatenate([e[flip][:, [1, 0]], -t[flip]], axis=1)
+    return e
+
+
+def unique_edges(edges: np.ndarray) -> np.ndarray:
+    """Oriented, sorted, without duplicates."""
+    e = orient(edges)
+    return np.unique(e, axis=0) if len(e) else e
+
+
+def adjacency(n: int, edges: np.ndarray) -> list[list[tuple[int, tuple[int, int, int]]]]:
+    """For each site, (neighbour, offset of the neighbour's image) over both edge directions."""
+    adj: list[list] = [[] for _ in range(n)]
+    for i, j, *t in np.asarray(edges).tolist():
+        adj[i].append((j, tuple(t)))
+        adj[j].append((i, (-t[0], -t[1], -t[2])))
+    return adj
+
+
 def offset_token(t) -> str:
     return "".join(SYMBOL_OF[int(x)] for x in t)
 
@@ -121,6 +149,9 @@ def check(text: str | SlicesGraph) -> tuple[bool, str]:
         g = parse(text) if isinstance(text, str) else text
     except SlicesError as err:
         return False, str(err)
+    n_unique = len(unique_edges(g.edges))
+    if n_unique < len(g.edges):
+        return False, f"duplicate edges ({len(g.edges) - n_unique} listed twice)"
     deg = g.degrees()
     if (deg == 0).any():
         return (

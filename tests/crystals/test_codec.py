@@ -3,7 +3,8 @@ import pytest
 from pymatgen.analysis.local_env import EconNN
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
-from domains.crystals.codec import canonical, decode, encode, encode_info, wrapped
+from domains.crystals.cell import wrapped
+from domains.crystals.codec import _encode_supercell, canonical, decode, encode, encode_info
 from domains.crystals.data import permuted
 from domains.crystals.geometry import BondTable
 from domains.crystals.io import aflow_prototypes
@@ -59,11 +60,18 @@ def test_layered_structure_gets_contacts_and_decodes(graphite):
     assert decode(info.slices, BondTable.fit([graphite])).ok
 
 
-def test_long_bonds_use_a_supercell_not_clamping(rocksalt):
-    # the same crystal in a very skewed cell: bonds span up to 4 cells along one axis
+def test_skewed_cell_is_reduced_first(rocksalt):
+    # the same crystal in a very skewed cell: bonds would span up to 4 cells along one axis
     skewed = rocksalt.copy()
     skewed.make_supercell([[1, 4, 0], [0, 1, 0], [0, 0, 1]])
     info = encode_info(skewed)
+    assert info.slices == encode(rocksalt) and info.supercell == (1, 1, 1)
+
+
+def test_long_bonds_fallback_uses_a_supercell_not_clamping(rocksalt):
+    skewed = rocksalt.copy()
+    skewed.make_supercell([[1, 4, 0], [0, 1, 0], [0, 0, 1]])
+    info = _encode_supercell(wrapped(skewed), "econnn")  # what encode does without a frame
     g = parse(info.slices)
     assert np.abs(g.edges[:, 2:]).max() <= 1
     assert info.supercell != (1, 1, 1)
@@ -111,3 +119,44 @@ def test_reads_older_format_strings():
     older += " 1 3 o+o 1 4 ooo 2 4 ooo 2 4 +oo 2 4 o-o 2 3 ooo"
     assert check(older) == (True, "valid")
     assert decode(older).ok
+
+
+def _variants(s, rng):
+    """What users vary: origin, CIF rounding, basis, supercell."""
+    from pymatgen.core import Lattice, Structure
+
+    yield "translation", Structure(s.lattice, s.species, s.frac_coords + rng.random(3))
+    f = np.round(s.frac_coords, 4) + rng.uniform(-1e-5, 1e-5, size=(len(s), 3))
+    yield "noise", Structure(s.lattice, s.species, f)
+    m = np.array([[1, 2, 0], [0, 1, 0], [0, 3, 1]])  # a' = a + 2b, c' = c + 3b
+    lat = Lattice(m @ s.lattice.matrix)
+    yield "cell", Structure(lat, s.species, s.cart_coords, coords_are_cartesian=True)
+    yield "supercell", s * [2, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["rocksalt", "perovskite", "rutile", "graphite"])
+def test_canonical_is_invariant_to_origin_rounding_basis_and_supercell(name, request):
+    s = request.getfixturevalue(name)
+    ref = encode(s)
+    rng = np.random.default_rng(0)
+    for kind, v in _variants(s, rng):
+        assert encode(v) == ref, kind
+
+
+def test_conventional_cell_encodes_as_primitive():
+    from pymatgen.core import Lattice, Structure
+
+    conv = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3]
+    )
+    assert len(conv) == 8
+    text = encode(conv)
+    assert parse(text).n_sites == 2 and text == encode(conv.get_primitive_structure())
+
+
+def test_check_rejects_duplicate_edges_and_canonical_drops_them():
+    text = "Na Cl 0 1 ooo 0 1 +oo 0 1 o+o 0 1 oo+"
+    dup = text + " 1 0 -oo"  # the edge 0 1 +oo seen from the other end
+    ok, why = check(dup)
+    assert not ok and "duplicate" in why
+    assert canonical(dup) == canonical(text)

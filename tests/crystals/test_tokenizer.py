@@ -72,3 +72,26 @@ def test_sampling_under_grammar_always_parses(vocab, canonical):
         text = decode_ids(row[: row.index(vocab.eos_id)], vocab)
         g = parse(text)  # raises if the grammar let a malformed string through
         assert g.n_sites <= 6 and (g.degrees() > 0).all()
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_random_logits_under_grammar_always_pass_check(vocab, canonical):
+    """Valid by construction: whatever the model says, a finished string is a crystal net."""
+    from domains.crystals.slices import check
+
+    gen = torch.Generator().manual_seed(1)
+    grammar = SlicesGrammar(vocab, max_atoms=8, canonical=canonical)
+    ids = torch.full((48, 1), vocab.bos_id)
+    done = torch.zeros(48, dtype=torch.bool)
+    for _ in range(2000):
+        logits = grammar(ids, 3 * torch.randn(48, len(vocab), generator=gen))
+        nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+        nxt = torch.where(done, torch.full_like(nxt, vocab.eos_id), nxt)
+        done |= nxt == vocab.eos_id
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        if done.all():
+            break
+    assert done.all()
+    for row in ids.tolist():
+        text = decode_ids(row[: row.index(vocab.eos_id)], vocab)
+        assert check(text) == (True, "valid"), text
