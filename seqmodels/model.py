@@ -107,14 +107,16 @@ class SeqModel(nn.Module):
 
     def hidden(self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None):
         """Backbone states (B, L, d_model) for the sequence positions (condition prefix
-        dropped). With a cache, the condition prefix goes in on the first call only."""
+        dropped). With a cache, the condition prefix goes in on the first call only, and
+        `mask` covers the sequence positions so far (it is shifted past the prefix on
+        every call, since the cache holds the prefix)."""
         n = self.n_cond if cache is None or cache.pos == 0 else 0
         if n and cond is None:
             raise ValueError("this model is conditioned: pass cond (B, d_cond)")
         if cond is not None and not self.n_cond:
             raise ValueError("this model takes no condition (d_cond is 0), but cond was given")
         h = self.embed_inputs(ids, x, blank, cond if n else None)
-        out = self.backbone(h, AttentionSpec.of(mask).with_prefix(n), cache)
+        out = self.backbone(h, AttentionSpec.of(mask).with_prefix(self.n_cond), cache)
         return out[:, n:]
 
     def forward(self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None):
