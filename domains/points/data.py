@@ -1,0 +1,192 @@
+"""Point-cloud sources, the fixed ModelNet10 validation split, and the datamodule.
+
+A source is `synthetic` (parametric shapes made here, see synthetic.py), `modelnet10` (the
+shared ModelNet10 surface clouds, ../shared/data/points/modelnet10_pcd/, 1,024 points per
+official training mesh) or any file / folder the readers in io.py understand.
+
+Validation split of ModelNet10 (fixed, seeded, committed in splits/modelnet10_val.json):
+for each class, the file names sorted, permuted by numpy's default_rng(0), the first 100
+held out: 100 chairs of 889 and 100 monitors of 465. Model selection never reads them.
+Synthetic data: the training shapes come from seed `seed`, validation from seed + 1,000,
+so no parametric draw is shared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seqmodels.paths import data_path
+
+from .io import read_shapes
+from .synthetic import CLASSES as SYNTHETIC_CLASSES
+from .synthetic import make_shapes
+
+MODELNET_CLASSES = ("chair", "monitor")
+SPLIT_FILE = Path(__file__).with_name("splits") / "modelnet10_val.json"
+VAL_PER_CLASS = 100
+SPLIT_SEED = 0
+
+
+@dataclass
+class PointSet:
+    points: np.ndarray  # float32 (B, N, 3), shape_bbox-normalised
+    labels: np.ndarray  # int64 (B,) index into `classes`
+    classes: tuple[str, ...]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def of_class(self, name: str) -> PointSet:
+        keep = self.labels == self.classes.index(name)
+        names = [n for n, k in zip(self.names, keep) if k]
+        return PointSet(self.points[keep], self.labels[keep], self.classes, names)
+
+
+def modelnet10_folder(cls: str) -> Path:
+    folder = data_path("points", "modelnet10_pcd", f"{cls}_train")
+    if folder is None:
+        raise FileNotFoundError(
+            f"ModelNet10 clouds for {cls!r} not found under SEQMODELS_DATA or ../shared/data"
+            " (points/modelnet10_pcd/); see the points sections of the data README"
+        )
+    return folder
+
+
+def validation_names(names: list[str], n_val: int = VAL_PER_CLASS, seed: int = SPLIT_SEED):
+    """The held-out file names of one class: sorted, permuted with `seed`, first n_val."""
+    names = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return sorted(names[i] for i in order[:n_val])
+
+
+def committed_split() -> dict[str, list[str]]:
+    return json.loads(SPLIT_FILE.read_text())
+
+
+def load_source(
+    source: str = "synthetic",
+    split: str = "train",
+    classes: tuple[str, ...] | None = None,
+    n_points: int = 1024,
+    n_synthetic: int = 100,
+    seed: int = 0,
+) -> PointSet:
+    """Shapes of one split (`train`, `val` or `all`) of a source, as a PointSet.
+
+    Shapes that fail to read are reported on stderr (file and shape named) and skipped."""
+    import sys
+
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be train, val or all, got {split!r}")
+    if source == "synthetic":
+        classes = tuple(classes or SYNTHETIC_CLASSES)
+        shapes = make_shapes(n_synthetic, n_points, classes, seed + (1000 if split == "val" else 0))
+        labels = np.array([classes.index(s.label) for s in shapes])
+        pts = np.stack([s.points for s in shapes])
+        return PointSet(pts, labels, classes, [s.name for s in shapes])
+    if source == "modelnet10":
+        classes = tuple(classes or MODELNET_CLASSES)
+        held_out = committed_split()
+        files, labels = [], []
+        for k, cls in enumerate(classes):
+            all_files = sorted(modelnet10_folder(cls).glob("*.pcd"))
+            val = set(held_out[cls])
+            chosen = [f for f in all_files if split == "all" or (f.name in val) == (split == "val")]
+            files += chosen
+            labels += [k] * len(chosen)
+        result = read_shapes(files, n_points, seed=seed)
+        for err in result.errors:
+            print(f"skipped: {err}", file=sys.stderr)
+        by_name = dict(zip(map(str, files), labels))
+        return PointSet(
+            np.stack([s.points for s in result.shapes]),
+            np.array([by_name[s.name] for s in result.shapes]),
+            classes,
+            [s.name for s in result.shapes],
+        )
+    result = read_shapes([source], n_points, seed=seed)
+    for err in result.errors:
+        print(f"skipped: {err}", file=sys.stderr)
+    if not result.shapes:
+        raise ValueError(f"{source}: no readable shape")
+    found = tuple(classes or sorted({s.label or "shape" for s in result.shapes}))
+    return PointSet(
+        np.stack([s.points for s in result.shapes]),
+        np.array(
+            [
+                found.index(s.label or "shape") if (s.label or "shape") in found else 0
+                for s in result.shapes
+            ]
+        ),
+        found,
+        [s.name for s in result.shapes],
+    )
+
+
+class _Clouds(Dataset):
+    def __init__(self, ps: PointSet):
+        self.points = torch.from_numpy(ps.points)
+        self.labels = torch.from_numpy(ps.labels).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"points": self.points[i], "label": self.labels[i]}
+
+
+class PointCloudDataModule(pl.LightningDataModule):
+    """Batches {"points": (B, N, 3), "label": (B,)} of a source's train / val split."""
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        classes: list[str] | None = None,
+        n_points: int = 1024,
+        n_synthetic: int = 100,
+        batch_size: int = 16,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.sets: dict[str, PointSet] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        for split in ("train", "val"):
+            if split not in self.sets:
+                self.sets[split] = load_source(
+                    hp.source,
+                    split,
+                    tuple(hp.classes) if hp.classes else None,
+                    hp.n_points,
+                    hp.n_synthetic,
+                    hp.seed,
+                )
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.sets["train"].classes)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(
+            _Clouds(self.sets["train"]),
+            self.hparams.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=g,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Clouds(self.sets["val"]), self.hparams.batch_size)
