@@ -1,8 +1,4 @@
-"""`python -m seqmodels` is the `seqmodels` command.
-
-Recipe stages run this way. It imports `seqmodels.cli` as a module rather than running
-it as `__main__`, so there is one `CLIError` class and domains' errors are caught.
-"""
+"""`python -m seqmodels` is the `seqmodels` command; recipe stages run this way."""
 
 import sys
 

@@ -151,8 +151,12 @@ def set_threads(threads: int | None = None) -> int:
     """
     n = default_threads() if threads is None else int(threads)
     os.environ["OMP_NUM_THREADS"] = str(n)
-    torch = sys.modules.get("torch")  # imported already: tell it; else it reads the variable
-    if torch is not None and hasattr(torch, "set_num_threads"):
+    # A torch imported later starts with the variable, but caps it at the CPU count (measured,
+    # torch 2.13): above that, or once torch is imported, only set_num_threads does it.
+    # Importing torch only then keeps `seqmodels --help` and torch-free commands quick.
+    if "torch" in sys.modules or n > (os.cpu_count() or 1):
+        import torch
+
         torch.set_num_threads(n)
     return n
 

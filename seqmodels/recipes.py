@@ -23,7 +23,10 @@ from typing import Any
 
 import yaml
 
-FIT_LIKE = ("fit", "validate", "test", "predict")
+from seqmodels.commands import LIGHTNING_COMMANDS, RESULT_ENV, build_parser, find_command
+from seqmodels.report import StageResult, write_report
+
+FIT_LIKE = LIGHTNING_COMMANDS  # the commands that take a `config:` and LightningCLI flags
 RECIPE_KEYS = {"stages", "name", "description", "env"}
 STAGE_KEYS = {"name", "command", "config", "args", "env", "description"}
 DONE = ".done"
@@ -53,15 +56,6 @@ class Stage:
         return self.command[0] in FIT_LIKE
 
 
-@dataclass
-class StageResult:
-    name: str
-    command: str
-    status: str  # "ran", "resumed" or "skipped"
-    wall_s: float
-    metrics: dict
-
-
 def _substitute(value: Any, refs: dict[str, str], where: str, path: Path) -> Any:
     """Replace `${out}`, `${stage}`, `${stages.NAME}` in every string of a config/args tree."""
     if isinstance(value, dict):
@@ -86,8 +80,6 @@ def _substitute(value: Any, refs: dict[str, str], where: str, path: Path) -> Any
 
 def load_recipe(path: str | Path, out: str | Path) -> list[Stage]:
     """Read and check a whole recipe before anything runs, resolving its references."""
-    from seqmodels.cli import build_parser, find_command
-
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
@@ -242,7 +234,9 @@ def run_stage(stage: Stage, out: Path) -> StageResult:
     result_file.unlink(missing_ok=True)
     print(f"[{stage.name}] {'resuming ' if resumed else ''}seqmodels {command}", flush=True)
     start = time.perf_counter()
-    env = {**os.environ, **stage.env, "SEQMODELS_RESULT": str(result_file)}
+    # os.environ carries the run's thread setting (OMP_NUM_THREADS, exported by
+    # seqmodels.commands.set_threads); a stage's own env or `threads:` arg overrides it.
+    env = {**os.environ, **stage.env, RESULT_ENV: str(result_file)}
     code = subprocess.run(cmd, env=env).returncode
     wall = time.perf_counter() - start
     if code != 0:
@@ -257,8 +251,6 @@ def run_stage(stage: Stage, out: Path) -> StageResult:
 
 def run_recipe(recipe: str | Path, out: str | Path) -> dict:
     """Run every stage of `recipe` under `out`; returns `{stage: metrics}`."""
-    from seqmodels.report import write_report
-
     out = Path(out)
     stages = load_recipe(recipe, out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """`<out>/report.md` for a recipe run: stages, a metrics table, loss curves from each stage's
-Lightning CSV logs (`metrics.csv`), and every PNG a stage wrote."""
+Lightning CSV logs (`metrics.csv`), and every PNG a stage wrote.
+
+It takes plain records (`StageResult`) and folders, and imports nothing of the project:
+the recipe runner imports it, never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,21 @@ import csv
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from seqmodels.recipes import StageResult
 
 PLOTS = "plots"
+
+
+@dataclass
+class StageResult:
+    """What a recipe stage did: one row of the report's stage table, and its metrics."""
+
+    name: str
+    command: str
+    status: str  # "ran", "resumed" or "skipped"
+    wall_s: float
+    metrics: dict
 
 
 def read_loss_curves(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:

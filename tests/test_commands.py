@@ -2,7 +2,10 @@
 CLI (no circle between commands, recipes, report and the cli package)."""
 
 import argparse
+import ast
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,98 @@ def test_set_threads_sets_torch_and_the_environment(monkeypatch):
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- import layering
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SEQMODELS.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = SEQMODELS) -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere (top level, in functions, under
+    TYPE_CHECKING): a lazy import closes a circle just as well as a top-level one."""
+    files = {_module_name(p): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from .x import y
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_sees_a_lazy_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_core_has_no_import_circle():
+    graph = import_graph()
+    assert "seqmodels.recipes" in graph and "seqmodels.cli.dispatch" in graph
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_commands_and_report_import_nothing_of_the_project_and_recipes_not_the_cli():
+    graph = import_graph()
+    assert graph["seqmodels.commands"] == set()
+    assert graph["seqmodels.report"] == set()
+    assert not any(d.startswith("seqmodels.cli") for d in graph["seqmodels.recipes"])
+
+
+def test_importing_the_cli_recipes_and_report_loads_neither_the_handlers_nor_torch():
+    code = (
+        "import sys, seqmodels.report, seqmodels.recipes, seqmodels.cli\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('seqmodels', 'torch', "
+        "'pytorch_lightning')))\n"
+        "print(' '.join(loaded))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert set(out.stdout.split()) == {
+        "seqmodels",
+        "seqmodels.cli",
+        "seqmodels.cli.dispatch",
+        "seqmodels.commands",
+        "seqmodels.recipes",
+        "seqmodels.report",
+    }

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seqmodels.commands import CLIError, add_flag
+
 DEFAULT_BACKBONE = {
     "backbone": "mamba",
     "d_model": 96,
@@ -18,20 +20,18 @@ DEFAULT_BACKBONE = {
 
 
 def _cli_error(err: Exception):
-    from seqmodels.cli import CLIError
-
     return CLIError(str(err))
 
 
 def _source_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", default="synthetic", help="synthetic, isbi, or a volume path")
-    p.add_argument("--key", default=None, help="dataset key inside an HDF5 / Zarr file")
-    p.add_argument("--labels", default=None, help="instance labels for a volume path")
-    p.add_argument("--labels-key", default=None)
-    p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
-    p.add_argument("--synthetic-shape", type=int, nargs=3, default=[48, 128, 128])
-    p.add_argument("--synthetic-cells", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    add_flag(p, "--source", default="synthetic", help="synthetic, isbi, or a volume path")
+    add_flag(p, "--key", default=None, help="dataset key inside an HDF5 / Zarr file")
+    add_flag(p, "--labels", default=None, help="instance labels for a volume path")
+    add_flag(p, "--labels-key", default=None)
+    add_flag(p, "--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    add_flag(p, "--synthetic-shape", type=int, nargs=3, default=[48, 128, 128])
+    add_flag(p, "--synthetic-cells", type=int, default=40)
+    add_flag(p, "--seed", type=int, default=0)
 
 
 def _load(args):
@@ -53,14 +53,16 @@ def _load(args):
 
 
 def _eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float, default=0.5, help="merge while affinity > this")
-    p.add_argument(
+    add_flag(p, "--threshold", type=float, default=0.5, help="merge while affinity > this")
+    add_flag(
+        p,
         "--seed-threshold",
         type=float,
         default=0.9,
         help="watershed seeds: regions with mean affinity > this",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--tune-sections",
         type=int,
         nargs=2,
@@ -68,9 +70,9 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
         metavar=("START", "STOP"),
         help="labelled sections on which to pick both thresholds (not the test ones)",
     )
-    p.add_argument("--method", default="auto", choices=["auto", "waterz", "skimage"])
-    p.add_argument("--name", default=None, help="run name in figures")
-    p.add_argument("--out", required=True, help="folder for metrics.json and figures")
+    add_flag(p, "--method", default="auto", choices=["auto", "waterz", "skimage"])
+    add_flag(p, "--name", default=None, help="run name in figures")
+    add_flag(p, "--out", required=True, help="folder for metrics.json and figures")
 
 
 def _evaluate(model, em, sections, args, out: Path, t_train: float | None = None) -> dict:
@@ -100,8 +102,6 @@ def _evaluate(model, em, sections, args, out: Path, t_train: float | None = None
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict:
-    import torch
-
     from seqmodels.checkpoint import save_atomic
 
     from .data import section_range
@@ -126,8 +126,6 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
             warmup_steps=min(20, args.steps // 5 + 1),
         )
         sl = section_range(em.raw.shape[0], args.train_sections, em.name)
-        if args.threads:
-            torch.set_num_threads(args.threads)
         t = time.perf_counter()
         train_affinities(
             model, em.raw[sl], em.labels[sl], args.steps, args.batch_size, out, args.seed
@@ -245,43 +243,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("finetune", help="train an affinity decoder, then evaluate held-out")
     _source_flags(p)
-    p.add_argument("--pretrained", default=None, help="SeqLM checkpoint (none = scratch)")
-    p.add_argument(
-        "--backbone-config", default=None, help="SeqLM arguments (JSON) for a scratch backbone"
+    add_flag(p, "--pretrained", default=None, help="SeqLM checkpoint (none = scratch)")
+    add_flag(
+        p, "--backbone-config", default=None, help="SeqLM arguments (JSON) for a scratch backbone"
     )
-    p.add_argument("--train-sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
-    p.add_argument("--test-sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
-    p.add_argument("--crop", type=int, nargs=3, default=[16, 160, 160])
-    p.add_argument("--patch", type=int, nargs=3, default=[4, 16, 16])
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backbone-lr", type=float, default=None)
-    p.add_argument("--channels", type=int, default=8, help="decoder features per voxel")
-    p.add_argument("--kernel", type=int, nargs=3, default=[3, 3, 3], help="decoder conv kernel")
-    p.add_argument("--threads", type=int, default=None)
+    add_flag(p, "--train-sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
+    add_flag(p, "--test-sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
+    add_flag(p, "--crop", type=int, nargs=3, default=[16, 160, 160])
+    add_flag(p, "--patch", type=int, nargs=3, default=[4, 16, 16])
+    add_flag(p, "--steps", type=int, default=200)
+    add_flag(p, "--batch-size", type=int, default=2)
+    add_flag(p, "--lr", type=float, default=1e-3)
+    add_flag(p, "--backbone-lr", type=float, default=None)
+    add_flag(p, "--channels", type=int, default=8, help="decoder features per voxel")
+    add_flag(p, "--kernel", type=int, nargs=3, default=[3, 3, 3], help="decoder conv kernel")
     _eval_flags(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="segment held-out sections with a finetuned model")
     _source_flags(p)
-    p.add_argument("--model", required=True, help="affinity.ckpt from `em finetune`")
-    p.add_argument("--sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
+    add_flag(p, "--model", required=True, help="affinity.ckpt from `em finetune`")
+    add_flag(p, "--sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))
     _eval_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="tabulate finetuning runs and VOI gains")
-    p.add_argument("--runs", nargs="+", required=True, help="NAME=FOLDER of `em finetune` runs")
-    p.add_argument("--baseline", default=None, help="run to measure VOI gains against")
-    p.add_argument("--out", required=True)
+    add_flag(p, "--runs", nargs="+", required=True, help="NAME=FOLDER of `em finetune` runs")
+    add_flag(p, "--baseline", default=None, help="run to measure VOI gains against")
+    add_flag(p, "--out", required=True)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("synth", help="write a synthetic EM-like volume and its instances")
-    p.add_argument("--shape", type=int, nargs=3, default=[32, 160, 160])
-    p.add_argument("--cells", type=int, default=40)
-    p.add_argument("--voxel-size", type=float, nargs=3, default=[4.0, 1.0, 1.0])
-    p.add_argument("--noise", type=float, default=0.08)
-    p.add_argument("--blur", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    add_flag(p, "--shape", type=int, nargs=3, default=[32, 160, 160])
+    add_flag(p, "--cells", type=int, default=40)
+    add_flag(p, "--voxel-size", type=float, nargs=3, default=[4.0, 1.0, 1.0])
+    add_flag(p, "--noise", type=float, default=0.08)
+    add_flag(p, "--blur", type=float, default=1.0)
+    add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--out", required=True)
     p.set_defaults(func=cmd_synth)
