@@ -252,20 +252,27 @@ def audit_table(audit: dict[str, Any]) -> str:
                 (f"label {lab}: test sharing a k-mer", f"{d['test_sharing_kmer_with_train']:.3f}")
             )
     if "intervals" in audit:
-        iv = audit["intervals"]
-        rows.append(
-            (
-                "test intervals overlapping train > half",
-                f"{iv['test_overlapping_train_gt_half']:.3f}",
-            )
-        )
-        rows.append(
-            ("test intervals overlapping test > half", f"{iv['test_overlapping_test_gt_half']:.3f}")
-        )
-        for name, d in iv["per_group"].items():
-            rows.append(
-                (f"  {name}: overlapping train > half", f"{d['overlap_train_gt_half']:.3f}")
-            )
+        rows += _interval_rows(audit["intervals"])
+    return _markdown(rows)
+
+
+def _interval_rows(iv: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [
+        ("test intervals", f"{iv['n_test_intervals']} (train {iv['n_train_intervals']})"),
+        ("test intervals overlapping train > half", f"{iv['test_overlapping_train_gt_half']:.3f}"),
+        ("test intervals overlapping test > half", f"{iv['test_overlapping_test_gt_half']:.3f}"),
+    ]
+    for name, d in iv["per_group"].items():
+        rows.append((f"{name}: overlapping train > half", f"{d['overlap_train_gt_half']:.3f}"))
+    return rows
+
+
+def interval_table(iv: dict[str, Any]) -> str:
+    """Markdown table of `interval_audit`."""
+    return _markdown(_interval_rows(iv))
+
+
+def _markdown(rows: list[tuple[str, str]]) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"| {'figure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {a.ljust(width)} | {b} |" for a, b in rows]

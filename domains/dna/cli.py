@@ -1,4 +1,5 @@
-"""`seqmodels dna ...`: classify, lm-eval, score, generate, compare, synthetic.
+"""`seqmodels dna ...`: audit, baselines, classify, lm-eval, score, generate, compare,
+synthetic.
 
 Each handler returns a metrics dict (the recipe runner collects it) and, with --out, writes
 metrics.json (and its table / plot / predictions) into that folder.
@@ -13,7 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from seqmodels.commands import CLIError, add_flag
+
 EXAMPLES = {
+    "audit": "seqmodels dna audit --train train.fa:1 train_neg.fa:0 --test test.fa:1 test_neg.fa:0 "
+    "--out audit/   |   --tasks promoters --only human_nontata --split random --out audit/",
+    "baselines": "seqmodels dna baselines --tasks promoters --only human_nontata "
+    "--split overlap random --out runs/d/baselines",
     "classify": "seqmodels dna classify --ckpt runs/d/finetune/checkpoints/last.ckpt "
     "--config runs/d/finetune/config.yaml --rc-average --out runs/d/classify",
     "lm-eval": "seqmodels dna lm-eval --ckpt runs/d/pretrain/checkpoints/last.ckpt "
@@ -29,16 +36,7 @@ EXAMPLES = {
 
 
 def _err(msg: str) -> Exception:
-    from seqmodels.cli import CLIError
-
     return CLIError(msg)
-
-
-def _threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
 
 
 def _load_model(path: str):
@@ -100,14 +98,17 @@ def cmd_classify(args: argparse.Namespace) -> dict:
     from domains.dna.inference import classify_split
     from domains.dna.metrics import classification_metrics, macro
 
-    _threads(args)
     dm = _datamodule(args.config)
     model = _load_model(args.ckpt)
-    results = classify_split(model, dm, args.split, args.rc_average, args.batch_size)
+    results = classify_split(model, dm, args.split, args.rc_average, args.batch_size, args.decoding)
     if not results:
         raise _err(f"{args.config}: the {args.split!r} split is empty")
     per_task = {
-        name: classification_metrics(r["y"], r["pred"], len(r["labels"]))
+        name: {
+            **classification_metrics(r["y"], r["pred"], len(r["labels"])),
+            "invalid": float(r["invalid"].mean()),
+            "split_method": next(t.split_method for t in dm.tasks if t.name == name),
+        }
         for name, r in results.items()
     }
     metrics: dict[str, Any] = {**per_task, "macro": macro(per_task)}
@@ -132,9 +133,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> dict:
     from domains.dna.inference import score_sequences
     from domains.dna.metrics import lm_metrics
 
-    _threads(args)
     dm = _datamodule(args.config)
-    dm._ensure()
+    dm.setup("fit")
     model = _load_model(args.ckpt)
     seqs = [dm.tokenizer.decode(e["ids"]) for e in dm.splits[args.split]]
     if args.max_sequences:
@@ -161,7 +161,6 @@ def cmd_score(args: argparse.Namespace) -> dict:
     args.file = args.file or args.file_flag
     if not args.file:
         raise _err("dna score needs a sequence file")
-    _threads(args)
     model = _load_model(args.ckpt)
     lm = getattr(model, "lm", model)
     tok = _tokenizer(model, args)
@@ -219,7 +218,6 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     from domains.dna.inference import label_logprobs, sample_sequences
     from domains.dna.tokenizers import BOS, SEP
 
-    _threads(args)
     model = _load_model(args.ckpt)
     tok = _tokenizer(model, args)
     vocab = model.vocab
@@ -311,6 +309,18 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         if per_task:
             groups[label] = per_task
     tasks = sorted({t for g in groups.values() for t in g})
+    if args.baselines:
+        # Baselines on the split the models were scored on (classify records its method).
+        methods = {m.get("split_method", "overlap") for g in groups.values() for m in g.values()}
+        if len(methods) > 1:
+            raise _err(f"the classify folders mix split methods {sorted(methods)}")
+        base = _read_classify(args.baselines).get(methods.pop())
+        if base is None:
+            raise _err(f"{args.baselines}: no baselines on the models' split method")
+        for name in ("memorisation", "kmer_lr", "gb_cnn"):
+            rows = {t: base[t][name] for t in tasks if name in base.get(t, {})}
+            if rows:
+                groups[name] = rows
     metrics: dict[str, Any] = {}
     for label, per_task in groups.items():
         missing = set(tasks) - set(per_task)
@@ -374,30 +384,213 @@ def cmd_synthetic(args: argparse.Namespace) -> dict:
     return {"n_examples": len(ex)}
 
 
+# ---------------------------------------------------------------- audit / baselines
+
+
+def _tasks_from_args(args: argparse.Namespace, split: str):
+    """Labelled tasks from --config (a fit stage's data section) or --tasks/--only."""
+    from domains.dna.alphabet import DNAInputError
+    from domains.dna.data import load_tasks
+
+    init: dict[str, Any] = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise _err(f"{path}: config file not found")
+        init = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("init_args") or {}
+        if "tasks" not in init:
+            raise _err(f"{path}: its data section names no tasks")
+    tasks = init.get("tasks", args.tasks)
+    if isinstance(tasks, str) and tasks.endswith((".yaml", ".yml")):
+        import yaml
+
+        tasks = yaml.safe_load(Path(tasks).read_text())
+    try:
+        return load_tasks(
+            tasks,
+            init.get("data_dir", args.data_dir),
+            None,
+            init.get("split_seed", args.seed),
+            init.get("max_per_label", args.max_per_label),
+            args.only or init.get("only"),
+            split,
+            init.get("split_k", args.split_k),
+            init.get("split_strand", args.strand),
+        )
+    except (DNAInputError, ValueError, OSError) as err:
+        raise _err(str(err)) from err
+
+
+def _labelled_files(specs: list[str], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """`FILE[:LABEL]` arguments -> sequences and labels (a table's label column otherwise)."""
+    from domains.dna.alphabet import DNAInputError
+    from domains.dna.readers import ReadReport, read_records
+
+    seqs, labels = [], []
+    for spec in specs:
+        path, _, label = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        report = ReadReport()
+        try:
+            recs = read_records(
+                path, label_col=args.label_col, on_error="skip", report=report, seq_col=args.seq_col
+            )
+        except DNAInputError as err:
+            raise _err(str(err)) from err
+        for e in report.errors:
+            print(f"skipped: {e}", file=sys.stderr)
+        seqs += [r.seq for r in recs]
+        labels += [label or (r.label or "") for r in recs]
+    return seqs, labels
+
+
+def cmd_audit(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from domains.dna.alphabet import DNAInputError
+    from domains.dna.audit import (
+        audit_pair,
+        audit_plot,
+        audit_table,
+        interval_audit,
+        interval_table,
+        read_intervals,
+    )
+
+    pairs: dict[str, dict[str, Any]] = {}
+    if args.train or args.test:
+        if not (args.train and args.test):
+            raise _err("--train and --test go together")
+        tr, ytr = _labelled_files(args.train, args)
+        te, yte = _labelled_files(args.test, args)
+        if not tr or not te:
+            raise _err("no usable training or test records")
+        labelled = all(ytr) and all(yte)
+        names = sorted(set(ytr) | set(yte)) if labelled else None
+        pairs["files"] = dict(
+            train_seqs=tr,
+            test_seqs=te,
+            train_y=np.array([names.index(y) for y in ytr]) if names else None,
+            test_y=np.array([names.index(y) for y in yte]) if names else None,
+            labels=names,
+        )
+    elif args.tasks or args.config:
+        for split in args.split:
+            for t in _tasks_from_args(args, split):
+                (tr, ytr), (te, yte) = t.subset("train"), t.subset(args.against)
+                pairs[f"{t.name} ({split} split, {args.against} vs train)"] = dict(
+                    train_seqs=tr, test_seqs=te, train_y=ytr, test_y=yte, labels=t.labels
+                )
+    elif not (args.train_intervals and args.test_intervals):
+        raise _err("give --train/--test files, --tasks/--config, or interval files")
+    intervals = None
+    if args.train_intervals or args.test_intervals:
+        if not (args.train_intervals and args.test_intervals):
+            raise _err("--train-intervals and --test-intervals go together")
+        try:
+            intervals = interval_audit(
+                {Path(f).name.split(".")[0]: read_intervals(f) for f in args.train_intervals},
+                {Path(f).name.split(".")[0]: read_intervals(f) for f in args.test_intervals},
+            )
+        except DNAInputError as err:
+            raise _err(str(err)) from err
+    audits = {name: audit_pair(**p, k=args.k, strand=args.strand) for name, p in pairs.items()}
+    metrics: dict[str, Any] = {}
+    for name, a in audits.items():
+        if intervals is not None:
+            a["intervals"] = intervals
+        print(f"## {name}\n\n{audit_table(a)}")
+        metrics[name] = {
+            k: v for k, v in a.items() if k not in ("frac_kmers_in_train", "test_labels")
+        }
+    if not audits and intervals is not None:
+        metrics["intervals"] = intervals
+        print(interval_table(intervals))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_metrics(args.out, metrics)
+        tables = [f"## {n}\n\n{audit_table(a)}" for n, a in audits.items()]
+        if not audits and intervals is not None:
+            tables = [interval_table(intervals)]
+        (out / "audit.md").write_text("\n".join(tables))
+        if audits:
+            audit_plot(audits, out / "audit.png")
+    return metrics
+
+
+def cmd_baselines(args: argparse.Namespace) -> dict:
+    from domains.dna.baselines import run_baselines
+
+    metrics: dict[str, Any] = {}
+    rows = ["| split | task | baseline | accuracy | MCC | F1 |", "|---|---|---|---|---|---|"]
+    for split in args.split:
+        per_task = {}
+        for t in _tasks_from_args(args, split):
+            res = run_baselines(t, args.baselines, args.lr_k, args.k, args.cnn_epochs, args.seeds)
+            per_task[t.name] = res
+            for b, m in res.items():
+                sd = f" ± {m['mcc_sd']:.3f}" if "mcc_sd" in m else ""
+                rows.append(
+                    f"| {split} | {t.name} | {b} | {m['accuracy']:.3f} | {m['mcc']:.3f}{sd} "
+                    f"| {m['f1']:.3f} |"
+                )
+                print(rows[-1], flush=True)
+        metrics[split] = per_task
+    table = "\n".join(rows) + "\n"
+    print(table)
+    if args.out:
+        _write_metrics(args.out, metrics)
+        (Path(args.out) / "table.md").write_text(table)
+    return metrics
+
+
 # ---------------------------------------------------------------- parser
 
 
 def _common(p: argparse.ArgumentParser, ckpt: bool = True) -> None:
     if ckpt:
-        p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt)")
-    p.add_argument("--batch-size", "--batch_size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        add_flag(p, "--ckpt", required=True, help="checkpoint (.ckpt)")
+    add_flag(p, "--batch-size", type=int, default=64)
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (needed for BPE models)")
-    p.add_argument(
+    add_flag(p, "--tokenizer", default=None, help="tokenizer.json (needed for BPE models)")
+    add_flag(
+        p,
         "--ambiguous",
         choices=("n", "reject"),
         default="n",
         help="IUPAC codes: map to N (default) or reject the record",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--lowercase",
         choices=("upper", "n", "reject"),
         default="upper",
         help="soft-masked bases: keep (default), map to N, or reject the record",
     )
+
+
+def _task_flags(p: argparse.ArgumentParser, splits_default: list[str]) -> None:
+    add_flag(p, "--tasks", default=None, help="task preset (promoters, synthetic) or a YAML list")
+    add_flag(p, "--config", default=None, help="a fit stage's config.yaml: its data's tasks/split")
+    add_flag(p, "--only", nargs="+", default=None, help="only these task names")
+    add_flag(p, "--data-dir", default=None, help="folder task paths are relative to")
+    add_flag(
+        p,
+        "--split",
+        nargs="+",
+        choices=("overlap", "random"),
+        default=splits_default,
+        help=f"split method(s) of the tasks (default: {' '.join(splits_default)})",
+    )
+    add_flag(p, "--split-k", type=int, default=32, help="k-mer length of overlap-aware splits")
+    add_flag(p, "--seed", type=int, default=0, help="split seed")
+    add_flag(p, "--max-per-label", type=int, default=None)
+    add_flag(p, "--k", type=int, default=32, help="k-mer length of the audit / memorisation rule")
+    add_flag(p, "--strand", choices=("both", "forward"), default="both")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -411,25 +604,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             name, help=help_, epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=raw
         )
 
+    p = leaf("audit", "leakage audit of a train / test pair: shared k-mers, memorisation rule")
+    add_flag(p, "--train", nargs="+", default=None, help="FILE[:LABEL] ... (tables: --label-col)")
+    add_flag(p, "--test", nargs="+", default=None, help="FILE[:LABEL] ...")
+    add_flag(p, "--seq-col", default="seq", help="sequence column of CSV/TSV inputs")
+    add_flag(p, "--label-col", default=None, help="label column of CSV/TSV inputs")
+    add_flag(p, "--train-intervals", nargs="+", default=None, help="BED / GB coordinate CSVs")
+    add_flag(p, "--test-intervals", nargs="+", default=None, help="BED / GB coordinate CSVs")
+    add_flag(
+        p,
+        "--against",
+        choices=("test", "val"),
+        default="test",
+        help="with --tasks: audit this split against train",
+    )
+    _task_flags(p, ["overlap", "random"])
+    add_flag(p, "--out", default=None, help="folder for metrics.json, audit.md, audit.png")
+    p.set_defaults(func=cmd_audit)
+
+    p = leaf("baselines", "majority, memorisation, k-mer LR and GB CNN on the tasks' splits")
+    _task_flags(p, ["overlap", "random"])
+    add_flag(
+        p,
+        "--baselines",
+        nargs="+",
+        default=["majority", "memorisation", "kmer_lr", "gb_cnn"],
+        choices=("majority", "memorisation", "kmer_lr", "gb_cnn"),
+    )
+    add_flag(p, "--lr-k", type=int, default=6, help="k of the k-mer logistic regression")
+    add_flag(p, "--cnn-epochs", type=int, default=10)
+    add_flag(p, "--seeds", type=int, nargs="+", default=[0], help="CNN seeds (mean and sd)")
+    add_flag(p, "--out", default=None, help="folder for metrics.json and table.md")
+    p.set_defaults(func=cmd_baselines)
+
     p = leaf("classify", "per-task accuracy / MCC / F1 of a finetuned model on a split")
     _common(p)
-    p.add_argument("--config", required=True, help="the finetune stage's config.yaml (data:)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument(
+    add_flag(p, "--config", required=True, help="the finetune stage's config.yaml (data:)")
+    add_flag(p, "--split", default="test", choices=("train", "val", "test"))
+    add_flag(
+        p,
         "--rc-average",
-        "--rc_average",
         action="store_true",
         help="average label log-probs over the sequence and its reverse complement",
     )
-    p.add_argument("--out", default=None, help="folder for metrics.json and predictions.tsv")
+    add_flag(
+        p,
+        "--decoding",
+        choices=("constrained", "greedy"),
+        default="constrained",
+        help="constrained: best of the task's labels; greedy: argmax over the whole "
+        "vocabulary (a non-label token counts as wrong)",
+    )
+    add_flag(p, "--out", default=None, help="folder for metrics.json and predictions.tsv")
     p.set_defaults(func=cmd_classify)
 
     p = leaf("lm-eval", "perplexity and bits per base of a pretrained model on a split")
     _common(p)
-    p.add_argument("--config", required=True, help="the pretrain stage's config.yaml (data:)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--max-sequences", "--max_sequences", type=int, default=None)
-    p.add_argument("--out", default=None)
+    add_flag(p, "--config", required=True, help="the pretrain stage's config.yaml (data:)")
+    add_flag(p, "--split", default="test", choices=("train", "val", "test"))
+    add_flag(p, "--max-sequences", type=int, default=None)
+    add_flag(p, "--out", default=None)
     p.set_defaults(func=cmd_lm_eval)
 
     p = leaf("score", "log-likelihood per sequence (and per position) of a sequence file")
@@ -437,49 +671,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--file", dest="file_flag", default=None, help="the same, as a flag (recipes)")
     _common(p)
     _policy_flags(p)
-    p.add_argument(
+    add_flag(
+        p,
         "--per-position",
-        "--per_position",
         action="store_true",
         help="also per-token log-probabilities (needs --out FILE.jsonl)",
     )
-    p.add_argument("--out", default=None, help=".tsv (per sequence) or .jsonl")
+    add_flag(p, "--out", default=None, help=".tsv (per sequence) or .jsonl")
     p.set_defaults(func=cmd_score)
 
     p = leaf("generate", "sample DNA sequences to FASTA, from a prompt or for a task label")
     _common(p)
     _policy_flags(p)
-    p.add_argument("--n", type=int, default=10)
-    p.add_argument("--length", type=int, default=100, help="bases per sequence")
-    p.add_argument("--prompt", default="", help="bases every sample starts with")
-    p.add_argument("--task", default=None, help="task name of an Omni-DNA finetuned model")
-    p.add_argument("--label", default=None, help="keep samples the model gives this label")
-    p.add_argument("--labels", nargs="+", default=None, help="the task's label set")
-    p.add_argument(
+    add_flag(p, "--n", type=int, default=10)
+    add_flag(p, "--length", type=int, default=100, help="bases per sequence")
+    add_flag(p, "--prompt", default="", help="bases every sample starts with")
+    add_flag(p, "--task", default=None, help="task name of an Omni-DNA finetuned model")
+    add_flag(p, "--label", default=None, help="keep samples the model gives this label")
+    add_flag(p, "--labels", nargs="+", default=None, help="the task's label set")
+    add_flag(
+        p,
         "--max-draws",
-        "--max_draws",
         type=int,
         default=None,
         help="with --task: most samples drawn to find --n of that label (20 n)",
     )
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", "--top_k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="FASTA file")
+    add_flag(p, "--temperature", type=float, default=1.0)
+    add_flag(p, "--top-k", type=int, default=None)
+    add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--out", required=True, help="FASTA file")
     p.set_defaults(func=cmd_generate)
 
     p = leaf("compare", "multitask vs single-task table, plot and metrics.json")
-    p.add_argument("--multitask", nargs="+", required=True, help="classify output folder(s)")
-    p.add_argument("--single", nargs="+", required=True, help="single-task classify folders")
-    p.add_argument("--heads", nargs="+", default=None, help="classification-head folders")
-    p.add_argument("--out", required=True)
+    add_flag(p, "--multitask", nargs="+", required=True, help="classify output folder(s)")
+    add_flag(p, "--single", nargs="+", required=True, help="single-task classify folders")
+    add_flag(p, "--heads", nargs="+", default=None, help="classification-head folders")
+    add_flag(p, "--baselines", default=None, help="a `dna baselines` folder: rows beside them")
+    add_flag(p, "--out", required=True)
     p.set_defaults(func=cmd_compare)
 
     p = leaf("synthetic", "write the planted-motif synthetic dataset (CSV/TSV)")
-    p.add_argument("--n", type=int, default=400, help="examples per task")
-    p.add_argument("--length", type=int, default=100)
-    p.add_argument("--tasks", nargs="+", default=None)
-    p.add_argument("--mutation-rate", "--mutation_rate", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    add_flag(p, "--n", type=int, default=400, help="examples per task")
+    add_flag(p, "--length", type=int, default=100)
+    add_flag(p, "--tasks", nargs="+", default=None)
+    add_flag(p, "--mutation-rate", type=float, default=0.1)
+    add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--out", required=True)
     p.set_defaults(func=cmd_synthetic)

@@ -46,6 +46,22 @@ def label_logprobs(
 
 
 @torch.no_grad()
+def greedy_labels(
+    model, prompts: Sequence[Sequence[int]], label_ids: Sequence[int], batch_size: int = 64
+) -> np.ndarray:
+    """Unconstrained greedy decoding of the first label token: the index of the argmax
+    token in `label_ids`, or -1 when the model's top token is not one of the task's labels."""
+    out = []
+    lookup = {int(t): i for i, t in enumerate(label_ids)}
+    for s in range(0, len(prompts), batch_size):
+        ids, pad = _pad_batch(prompts[s : s + batch_size])
+        logits = model(ids=ids)
+        top = logits[torch.arange(len(ids)), pad.long().sum(1) - 1].argmax(-1)
+        out.append(np.array([lookup.get(int(t), -1) for t in top]))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
 def head_logprobs(model, examples: Sequence[dict], task_index: int, batch_size: int = 64):
     """Class log-probabilities from a FinetuneModule's head for one task: (N, K)."""
     out = []
@@ -60,13 +76,24 @@ def head_logprobs(model, examples: Sequence[dict], task_index: int, batch_size: 
 
 
 def classify_split(
-    model, dm, split: str = "test", rc_average: bool = False, batch_size: int = 64
+    model,
+    dm,
+    split: str = "test",
+    rc_average: bool = False,
+    batch_size: int = 64,
+    decoding: str = "constrained",
 ) -> dict[str, dict[str, Any]]:
     """Predictions per task on a DNATaskDataModule split: {task: {y, pred, logp}}.
 
     rc_average: average the label log-probabilities of the sequence and its reverse
     complement (test-time augmentation; a causal LM is not strand-symmetric by itself).
+    decoding (omni mode): "constrained" takes the best of the task's label tokens;
+    "greedy" takes the model's top token over the whole vocabulary, as Omni-DNA's
+    generation does; `invalid` marks predictions that are not a label of the task (their
+    `pred` is set to a wrong class so they count as errors).
     """
+    if decoding not in ("constrained", "greedy"):
+        raise ValueError(f"decoding must be 'constrained' or 'greedy', got {decoding!r}")
     dm.setup("fit")
     results = {}
     for ti, t in enumerate(tqdm(dm.tasks, desc=f"classify {split}", unit="task")):
@@ -87,7 +114,21 @@ def classify_split(
             else:
                 logps.append(head_logprobs(model, exs, ti, batch_size))
         logp = np.mean(logps, axis=0)
-        results[t.name] = {"y": y, "pred": logp.argmax(-1), "logp": logp, "labels": t.labels}
+        pred = logp.argmax(-1)
+        invalid = np.zeros(len(y), dtype=bool)
+        if decoding == "greedy" and dm.mode == "omni":
+            exs = [dm.encode_example(ti, x, None) for x in views[0]]
+            layout = dm.task_layout()[ti]
+            pred = greedy_labels(model, [e["ids"] for e in exs], layout["label_ids"], batch_size)
+            invalid = pred < 0
+            pred = np.where(invalid, (y + 1) % len(t.labels), pred)
+        results[t.name] = {
+            "y": y,
+            "pred": pred,
+            "logp": logp,
+            "labels": t.labels,
+            "invalid": invalid,
+        }
     return results
 
 

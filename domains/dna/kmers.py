@@ -120,3 +120,33 @@ def shares_kmer(
         return np.zeros(len(seqs), dtype=bool)
     mat, _ = incidence(kmer_sets(seqs, k, strand), ref)
     return np.diff(mat.indptr) > 0
+
+
+def kmer_counts(seqs: Sequence[str], k: int = 6, strand: str = "both"):
+    """Sparse (n, 4^k) counts of overlapping k-mers (canonical with strand="both"), each
+    row divided by its number of k-mers: the features of the k-mer baselines."""
+    _check(k, strand)
+    if k > 12:
+        raise ValueError(f"k-mer count features need k <= 12 (4^k columns), got {k}")
+    rows, cols = [], []
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_len.setdefault(len(s), []).append(i)
+    invalid = np.iinfo(np.uint64).max
+    for length, idx in by_len.items():
+        if length < k:
+            continue
+        for s in range(0, len(idx), 2048):
+            part = np.asarray(idx[s : s + 2048])
+            raw = "".join(seqs[i] for i in part).encode("latin-1", "replace")
+            codes = _CODE[np.frombuffer(raw, np.uint8)].reshape(len(part), length)
+            h = _codes_2d(codes, k, strand)
+            ok = h != invalid
+            rows.append(np.broadcast_to(part[:, None], h.shape)[ok])
+            cols.append(h[ok].astype(np.int64))
+    r = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    c = np.concatenate(cols) if cols else np.empty(0, np.int64)
+    mat = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(seqs), 4**k))
+    mat.sum_duplicates()
+    totals = np.asarray(mat.sum(1)).ravel()
+    return sp.diags(1.0 / np.maximum(totals, 1)) @ mat
