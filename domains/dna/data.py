@@ -275,12 +275,12 @@ class DNAPretrainDataModule(_DNAData):
         self.tokenizer = self._make_tokenizer(wins[n_val + n_test :])
         self.vocab = self.tokenizer.vocab()
         examples = []
+        rcs = self.tokenizer.encode_rc_batch(wins) if self.rc_augment else None
         for i, ids in enumerate(self.tokenizer.encode_batch(wins)):
             split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
             examples.append({"ids": [BOS, *ids.tolist(), EOS], "split": split})
-            if self.rc_augment and split == "train":
-                rc = self.tokenizer.reverse_complement_ids(ids)
-                examples.append({"ids": [BOS, *rc.tolist(), EOS], "split": "train"})
+            if rcs is not None and split == "train":
+                examples.append({"ids": [BOS, *rcs[i].tolist(), EOS], "split": "train"})
         return examples
 
 
@@ -414,10 +414,11 @@ class DNATaskDataModule(_DNAData):
             self.vocab.add_tokens(label_token(y) for t in self.tasks for y in t.labels)
         examples = []
         for ti, t in enumerate(self.tasks):
-            for seq_ids, y, split in zip(self.tokenizer.encode_batch(t.seqs), t.y, t.split):
+            rcs = self.tokenizer.encode_rc_batch(t.seqs) if self.rc_augment else None
+            encoded = self.tokenizer.encode_batch(t.seqs)
+            for i, (seq_ids, y, split) in enumerate(zip(encoded, t.y, t.split)):
                 ex = self.encode_example(ti, seq_ids, int(y))
                 examples.append({**ex, "split": split})
-                if self.rc_augment and split == "train":
-                    rc = self.tokenizer.reverse_complement_ids(seq_ids)
-                    examples.append({**self.encode_example(ti, rc, int(y)), "split": "train"})
+                if rcs is not None and split == "train":
+                    examples.append({**self.encode_example(ti, rcs[i], int(y)), "split": "train"})
         return examples

@@ -102,7 +102,7 @@ def classify_split(
             continue
         views = [dm.tokenizer.encode_batch(seqs)]
         if rc_average:
-            views.append([dm.tokenizer.reverse_complement_ids(x) for x in views[0]])
+            views.append(dm.tokenizer.encode_rc_batch(seqs))
         logps = []
         for ids in views:
             exs = [dm.encode_example(ti, x, None) for x in ids]
@@ -220,7 +220,11 @@ def sample_sequences(
     """`n` sequences of `length` bases (prompt included) sampled from <bos> + prompt."""
     from seqmodels.sampling import generate
 
-    prompt_ids = [BOS, *tokenizer.encode(prompt, "--prompt").tolist()]
+    prompt_tokens = tokenizer.encode(prompt, "--prompt")
+    prompt_ids = [BOS, *prompt_tokens.tolist()]
+    # What the model was given (policy-normalised: lowercase upper-cased, IUPAC -> N), which
+    # is what the samples start with; the raw --prompt may differ.
+    prompt = tokenizer.decode(prompt_tokens)
     per_token = getattr(tokenizer, "k", 1)  # BPE tokens hold >= 1 base: cut after
     need = max(0, math.ceil((length - len(prompt)) / per_token))
     max_len = int(model.hparams.get("max_len", 512))

@@ -13,7 +13,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domains.dna.alphabet import DEFAULT_POLICY, BasePolicy, DNAInputError, normalize
+from domains.dna.alphabet import (
+    DEFAULT_POLICY,
+    PEPTIDE_FRACTION,
+    BasePolicy,
+    DNAInputError,
+    DNAInputWarning,
+    ambiguous_fraction,
+    normalize,
+)
+
+# Text files are read as UTF-8; "utf-8-sig" also drops a byte-order mark (Excel writes one
+# into CSVs, and it would otherwise become part of the first column's name).
+ENCODING = "utf-8-sig"
 
 SEQIO_FORMATS = {
     ".fa": "fasta",
@@ -35,6 +47,7 @@ class Record:
     seq: str
     label: str | None = None
     source: str = ""
+    error: str | None = None  # set by a reader for a malformed record (missing field, ...)
 
 
 @dataclass
@@ -67,15 +80,26 @@ def _open_text(path: Path) -> io.TextIOBase:
     if not path.exists():
         raise DNAInputError(f"{path}: no such file")
     with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"  # trust the magic bytes, not the name
-    return gzip.open(path, "rt") if gz else open(path, newline="")
+        gz = fh.read(2) == b"\x1f\x8b"  # trust the magic bytes, not the name (bgzf is gzip)
+    if gz:
+        return gzip.open(path, "rt", encoding=ENCODING, newline="")
+    return open(path, encoding=ENCODING, newline="")
 
 
 def _check(rec: Record, policy: BasePolicy, errors: ReadReport | None) -> Record | None:
     where = f"{rec.source} record {rec.name!r}"
     try:
+        if rec.error:
+            raise DNAInputError(f"{where}: {rec.error}")
         if not rec.seq:
             raise DNAInputError(f"{where}: record without sequence")
+        frac = ambiguous_fraction(rec.seq)
+        if frac > PEPTIDE_FRACTION:
+            warnings.warn(
+                f"{where}: {frac:.0%} IUPAC ambiguity codes; is this a protein sequence?",
+                DNAInputWarning,
+                stacklevel=3,
+            )
         rec.seq = normalize(rec.seq, policy, where)
     except DNAInputError as e:
         if errors is None:
@@ -86,18 +110,27 @@ def _check(rec: Record, policy: BasePolicy, errors: ReadReport | None) -> Record
 
 
 def _read_seqio(path: Path, fmt: str) -> Iterator[Record]:
-    from Bio import SeqIO
+    from Bio import BiopythonWarning, SeqIO
 
     with _open_text(path) as fh:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Biopython warns on odd headers; we check below
-                for i, rec in enumerate(SeqIO.parse(fh, fmt)):
-                    name = rec.id or rec.description or f"#{i + 1}"
-                    yield Record(name=name, seq=str(rec.seq), source=str(path))
+            with warnings.catch_warnings(record=True) as caught:
+                # Biopython's warnings (odd headers, old FASTA comments, ...) are kept and
+                # re-issued below naming the file; other warnings pass through untouched.
+                warnings.simplefilter("always", BiopythonWarning)
+                parsed = [(rec.id or rec.description, str(rec.seq)) for rec in SeqIO.parse(fh, fmt)]
+        except UnicodeDecodeError as e:
+            raise DNAInputError(f"{path}: not UTF-8 text at byte {e.start}: {e.reason}") from e
         except (ValueError, KeyError) as e:  # SeqIO parse errors (bad FASTQ qualities, ...)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DNAInputError(f"{path}: not valid {fmt}: {first}") from e
+    for w in caught:
+        if issubclass(w.category, BiopythonWarning):
+            warnings.warn(f"{path}: {w.message}", w.category, stacklevel=2)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for i, (name, seq) in enumerate(parsed):
+        yield Record(name=name or f"#{i + 1}", seq=seq, source=str(path))
 
 
 def _read_table(
@@ -105,13 +138,24 @@ def _read_table(
 ) -> Iterator[Record]:
     with _open_text(path) as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
-        cols = reader.fieldnames or []
-        missing = [c for c in (seq_col, label_col) if c and c not in cols]
-        if missing:
-            raise DNAInputError(f"{path}: missing column(s) {missing}; columns are {cols}")
-        for row_no, row in enumerate(reader, start=2):  # line 1 is the header
-            label = row[label_col].strip() if label_col else None
-            yield Record(f"row {row_no}", (row[seq_col] or "").strip(), label, str(path))
+        try:
+            rows = list(reader)
+            cols = list(reader.fieldnames or [])
+        except UnicodeDecodeError as e:
+            raise DNAInputError(f"{path}: not UTF-8 text at byte {e.start}: {e.reason}") from e
+        except csv.Error as e:
+            raise DNAInputError(f"{path}: not valid {path.suffix[1:]} text: {e}") from e
+    missing = [c for c in (seq_col, label_col) if c and c not in cols]
+    if missing:
+        raise DNAInputError(f"{path}: missing column(s) {missing}; columns are {cols}")
+    for row_no, row in enumerate(rows, start=2):  # line 1 is the header
+        absent = [c for c in (seq_col, label_col) if c and row.get(c) is None]
+        name = f"row {row_no}"
+        if absent:
+            yield Record(name, "", None, str(path), error=f"missing field(s) {absent}")
+            continue
+        label = row[label_col].strip() if label_col else None
+        yield Record(name, row[seq_col].strip(), label, str(path))
 
 
 def read_records(
@@ -144,7 +188,7 @@ def read_records(
     allowed = {str(x) for x in labels} if labels is not None else None
     for rec in raw:
         n_seen += 1
-        if allowed is not None and rec.label not in allowed:
+        if allowed is not None and rec.error is None and rec.label not in allowed:
             msg = f"{path} record {rec.name!r}: label {rec.label!r} not in {sorted(allowed)}"
             if errors is None:
                 raise DNAInputError(msg)

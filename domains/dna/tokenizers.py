@@ -60,11 +60,26 @@ class DNATokenizer:
         return [self.encode(s) for s in seqs]
 
     def reverse_complement_ids(self, ids: np.ndarray) -> np.ndarray:
-        """Ids of the reverse complement (re-tokenized; exact map for single-nucleotide)."""
+        """Ids of the reverse complement, re-tokenized from the decoded ids (an exact map for
+        single-nucleotide ids). A k-mer <unk> decodes as N * k, so around an N this loses
+        the k-mer's other bases: use `encode_rc_batch` on the sequences when you have them."""
         return self.encode(reverse_complement(self.decode(ids)))
+
+    def encode_rc_batch(self, seqs: Sequence[str]) -> list[np.ndarray]:
+        """Ids of each sequence's reverse complement, encoded from the bases (lossless)."""
+        return self.encode_batch([reverse_complement(normalize(s, self.policy)) for s in seqs])
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def _bytes(seq: str, policy: BasePolicy, where: str) -> np.ndarray:
+    """The sequence's bytes; a character outside latin-1 is reported like any non-DNA one."""
+    try:
+        return np.frombuffer(seq.encode("latin-1"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        normalize(seq, policy, where)  # raises DNAInputError naming the character
+        raise
 
 
 def _base_table(policy: BasePolicy, codes: dict[str, int]) -> np.ndarray:
@@ -93,7 +108,7 @@ class SingleNucleotideTokenizer(DNATokenizer):
         self._dec[len(SPECIALS) :] = np.frombuffer(BASES.encode(), np.uint8)
 
     def encode(self, seq: str, where: str = "<sequence>") -> np.ndarray:
-        out = self._lut[np.frombuffer(seq.encode("latin-1"), dtype=np.uint8)]
+        out = self._lut[_bytes(seq, self.policy, where)]
         if (out == _BAD).any():
             normalize(seq, self.policy, where)  # raises with the precise reason
         return out.astype(np.int64)
@@ -139,7 +154,7 @@ class KmerTokenizer(DNATokenizer):
         self._pow = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
 
     def encode(self, seq: str, where: str = "<sequence>") -> np.ndarray:
-        codes = self._lut[np.frombuffer(seq.encode("latin-1"), dtype=np.uint8)]
+        codes = self._lut[_bytes(seq, self.policy, where)]
         if (codes == _BAD).any():
             normalize(seq, self.policy, where)
         n = len(codes) // self.k * self.k
@@ -158,7 +173,7 @@ class KmerTokenizer(DNATokenizer):
             by_len.setdefault(len(seq), []).append(i)
         for length, idx in by_len.items():
             codes = self._lut[
-                np.frombuffer("".join(seqs[i] for i in idx).encode("latin-1"), np.uint8)
+                np.frombuffer("".join(seqs[i] for i in idx).encode("latin-1", "replace"), np.uint8)
             ]
             if (codes == _BAD).any() or length == 0:
                 for i in idx:

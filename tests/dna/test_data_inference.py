@@ -154,3 +154,36 @@ def test_bad_records_are_skipped_and_reported(tmp_path, capsys):
     assert sum(len(t.seqs) for t in dm.tasks) == 4
     err = capsys.readouterr().err
     assert "task 'x': skipped 1 bad record" in err and "pos.fa record 'p2'" in err
+
+
+def test_mcc_of_a_constant_predictor_is_zero():
+    assert classification_metrics([0, 1, 1, 0, 1], [1, 1, 1, 1, 1], 2)["mcc"] == 0.0
+
+
+def test_greedy_decoding_counts_non_label_tokens_as_wrong():
+    dm = _omni()
+    lab0 = dm.vocab.token_to_id(label_token("0"))
+    bias = torch.zeros(len(dm.vocab))
+    bias[lab0], bias[7] = 3.0, 5.0  # a base token beats every label
+    res = classify_split(FixedLogits(bias), dm, "test", decoding="greedy")
+    assert all(r["invalid"].all() and (r["pred"] != r["y"]).all() for r in res.values())
+    res = classify_split(FixedLogits(bias), dm, "test")  # constrained: label 0 everywhere
+    assert all((r["pred"] == 0).all() and not r["invalid"].any() for r in res.values())
+
+
+def test_task_token_after_the_sequence():
+    dm = _omni(task_position="after")
+    ex = dm.splits["train"][0]
+    tid = dm.vocab.token_to_id(task_token(dm.tasks[ex["task"]].name))
+    assert ex["ids"][1] != tid and ex["ids"][ex["ids"].index(SEP) - 1] == tid
+
+
+def test_generated_samples_start_with_the_prompt_the_model_saw():
+    from domains.dna.inference import sample_sequences
+    from seqmodels.training import SeqLM
+
+    torch.manual_seed(0)
+    tok = SingleNucleotideTokenizer()
+    model = SeqLM(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=64)
+    out = sample_sequences(model.eval(), tok, 3, 20, prompt="taRa")
+    assert all(len(s) == 20 and s.startswith("TANA") for s in out)

@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 
-from domains.dna.alphabet import BasePolicy, DNAInputError
+from domains.dna.alphabet import BasePolicy, DNAInputError, normalize
 from domains.dna.readers import ReadReport, detect_format, read_records, windows
 
 GENBANK = """LOCUS       TEST1                     12 bp    DNA     linear   UNK 01-JAN-1980
@@ -71,3 +71,55 @@ def test_windows_stride_and_tail():
     assert windows(seq, 4) == [seq[0:4], seq[4:8], seq[6:10]]
     assert windows("ACG", 4, min_len=4) == []
     assert windows("ACG", 4) == ["ACG"]
+
+
+def test_csv_missing_field_and_non_latin1_are_named_errors(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("seq,label\nACGT,1\nACGA\nAC\u00e9T,0\nACGG,0\n", encoding="utf-8")
+    report = ReadReport()
+    recs = read_records(f, label_col="label", on_error="skip", report=report)
+    assert [r.name for r in recs] == ["row 2", "row 5"]
+    assert "t.csv record 'row 3': missing field(s) ['label']" in report.errors[0]
+    assert "record 'row 4': non-DNA character '\u00e9' at position 2" in report.errors[1]
+    with pytest.raises(DNAInputError, match="row 3.*missing field"):
+        read_records(f, label_col="label")
+    (tmp_path / "bad.csv").write_bytes(b"seq,label\nAC\xffGT,1\n")
+    with pytest.raises(DNAInputError, match="bad.csv: not UTF-8"):
+        read_records(tmp_path / "bad.csv", label_col="label")
+
+
+def test_bom_csv_and_rna_and_peptide_warning(tmp_path):
+    f = tmp_path / "bom.csv"
+    f.write_bytes("\ufeffseq,label\nACGU,1\n".encode())
+    (rec,) = read_records(f, label_col="label")
+    assert rec.seq == "ACGT" and rec.label == "1"  # BOM dropped; U read as T (Biopython)
+    (tmp_path / "p.fa").write_text(">pep\nMKVHDSRWAAKYGD\n>dna\nACGTRACGTACGT\n")
+    with pytest.warns(UserWarning, match=r"p.fa record 'pep'.*protein"):
+        recs = read_records(tmp_path / "p.fa")
+    assert len(recs) == 2
+
+
+def test_rejection_reason_names_the_policy_that_rejected():
+    with pytest.raises(DNAInputError, match="lowercase IUPAC ambiguity code .*ambiguous='reject'"):
+        normalize("ACrT", BasePolicy(ambiguous="reject", lowercase="upper"))
+    with pytest.raises(DNAInputError, match="lowercase base .*lowercase='reject'"):
+        normalize("ACrT", BasePolicy(ambiguous="n", lowercase="reject"))
+    with pytest.raises(DNAInputError, match="non-DNA character 'x'"):
+        normalize("ACxT")
+
+
+def test_biopython_warnings_are_reissued_naming_the_file(tmp_path, monkeypatch):
+    import warnings
+
+    from Bio import BiopythonParserWarning, SeqIO
+    from Bio.Seq import Seq
+    from Bio.SeqRecord import SeqRecord
+
+    def parse(handle, fmt):
+        warnings.warn("odd header", BiopythonParserWarning, stacklevel=2)
+        yield SeqRecord(Seq("ACGT"), id="r1")
+
+    monkeypatch.setattr(SeqIO, "parse", parse)
+    (tmp_path / "w.fa").write_text(">r1\nACGT\n")
+    with pytest.warns(BiopythonParserWarning, match=r"w.fa: odd header"):
+        assert read_records(tmp_path / "w.fa")[0].seq == "ACGT"

@@ -92,3 +92,27 @@ def test_kmer_batch_equals_single_encoding():
         assert np.array_equal(got, tok.encode(seq))
     with pytest.raises(DNAInputError, match="sequence #1"):
         tok.encode_batch(["ACGTACGT", "ACGT-CGT"])
+
+
+def test_kmer_reverse_complement_is_lossless_around_n():
+    from domains.dna.alphabet import reverse_complement
+    from domains.dna.tokenizers import KmerTokenizer
+
+    tok = KmerTokenizer(3)
+    seq = "ACGTNACGTTG"
+    (rc,) = tok.encode_rc_batch([seq])
+    assert tok.decode(rc) == "CAACGTNNNGT"  # the k-mer NAC is <unk>; CGT is kept
+    assert (rc == tok.encode(reverse_complement(seq))).all()
+    lossy = tok.reverse_complement_ids(tok.encode(seq))  # via <unk> -> NNN: bases lost
+    assert not (lossy == rc).all()
+
+
+def test_non_latin1_character_is_a_named_error():
+    from domains.dna.alphabet import DNAInputError
+    from domains.dna.tokenizers import KmerTokenizer, SingleNucleotideTokenizer
+
+    for tok in (SingleNucleotideTokenizer(), KmerTokenizer(3)):
+        with pytest.raises(DNAInputError, match="--prompt: non-DNA character '\u0394'"):
+            tok.encode("AC\u0394GT", "--prompt")
+        with pytest.raises(DNAInputError, match="sequence #1"):
+            tok.encode_batch(["ACGTAC", "AC\u0394GTA"])
