@@ -7,7 +7,8 @@ report them. Handlers return a metrics dict (the recipe runner collects it).
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import re
 import sys
 import warnings
 from collections import Counter
@@ -28,7 +29,7 @@ EXAMPLES = {
 
 
 def _err(msg: str) -> Exception:
-    from seqmodels.cli import CLIError
+    from seqmodels.commands import CLIError
 
     return CLIError(msg)
 
@@ -40,21 +41,48 @@ def _input(args: argparse.Namespace) -> str:
     return value
 
 
-def _slices_lines(value: str) -> list[tuple[str, str]]:
-    """(id, SLICES) pairs from a string or a file (one per line; TSV: SLICES in last column)."""
+_FILE_SUFFIXES = (".tsv", ".csv", ".txt", ".cif", ".json", ".slices")
+
+
+def _slices_items(value: str) -> list[tuple[str, str]]:
+    """(id, SLICES) pairs from a string or a file: a CSV with a `slices` column, or lines
+    (TSV: id in the first column, SLICES in the last; a `slices` header line is skipped)."""
+    from domains.crystals.slices import ELEMENTS
+
     p = Path(value)
     if not p.is_file():
+        first = value.split()[0] if value.split() else ""
+        if first not in ELEMENTS and (os.sep in value or value.lower().endswith(_FILE_SUFFIXES)):
+            raise _err(f"{value}: no such file (and not a SLICES string)")
         return [("input", value)]
+    if p.suffix.lower() == ".csv":
+        return _csv_items(p)
     out = []
-    for k, line in enumerate(p.read_text().splitlines()):
+    for k, line in enumerate(p.read_text(errors="replace").splitlines()):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         cols = line.split("\t")
-        if k == 0 and cols[-1].lower() == "slices":
+        if k == 0 and cols[-1].strip().lower() == "slices":
             continue  # header
-        out.append((cols[0] if len(cols) > 1 else f"line {k + 1}", cols[-1]))
+        out.append((cols[0] if len(cols) > 1 else f"{p.name}:line {k + 1}", cols[-1]))
     return out
+
+
+def _csv_items(p: Path) -> list[tuple[str, str]]:
+    import csv
+
+    csv.field_size_limit(sys.maxsize)
+    with open(p, newline="", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+        if "slices" not in cols:
+            raise _err(f"{p}: no 'slices' column (columns: {reader.fieldnames})")
+        key = next((cols[c] for c in ("id", "material_id") if c in cols), None)
+        return [
+            (str(row[key]) if key else f"{p.name}:row {k}", row[cols["slices"]] or "")
+            for k, row in enumerate(reader)
+        ]
 
 
 def _load_table(args: argparse.Namespace):
@@ -64,16 +92,40 @@ def _load_table(args: argparse.Namespace):
         p = Path(args.table)
         if not p.is_file():
             raise _err(f"{p}: bond table not found (make one with `seqmodels crystals table`)")
-        return BondTable.load(p)
+        try:
+            return BondTable.load(p)
+        except (ValueError, TypeError, OSError) as err:  # JSON errors are ValueErrors
+            raise _err(f"{p}: not a bond table written by `crystals table` ({err})") from err
     return BondTable()
+
+
+def _parent(path: str | Path) -> Path:
+    """The output path, its folder created."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _all_failed(n_ok: int, n: int, what: str) -> None:
+    if n and not n_ok:
+        raise _err(f"all {n} {what} failed (reasons above)")
+
+
+def _file_stem(rid: str) -> str:
+    """A file name from a record id (`data.csv:mp-123` -> `mp-123`, `x/a.cif` -> `a`)."""
+    stem = rid.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    stem = re.sub(r"\.cif$", "", stem)
+    return re.sub(r"[^A-Za-z0-9._#-]+", "_", stem).strip("._") or "item"
 
 
 # ------------------------------------------------------------------ codec commands
 
 
 def cmd_encode(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
     from domains.crystals.codec import encode_info
-    from domains.crystals.io import read_any, write_skip_log
+    from domains.crystals.io import Skipped, read_any, write_skip_log
 
     warnings.filterwarnings("ignore")
     src = _input(args)
@@ -81,52 +133,61 @@ def cmd_encode(args: argparse.Namespace) -> dict:
         records, skipped = read_any(src, max_atoms=args.max_atoms)
     except (FileNotFoundError, ValueError) as err:
         raise _err(str(err)) from err
-    rows, extended, failed = [], 0, []
-    for r in records:
+    rows, extended = [], 0
+    for r in tqdm(records, desc="encode", disable=len(records) < 2):
         try:
             info = encode_info(r.structure, args.method)
         except ValueError as err:
-            failed.append((r.id, str(err)))
+            skipped.append(Skipped(r.id, f"cannot encode: {err}"))
             continue
         extended += info.n_contacts > 0
         rows.append(f"{r.id}\t{info.slices}")
-    text = "id\tslices\n" + "\n".join(rows) + "\n"
+    text = "id\tslices\n" + "".join(row + "\n" for row in rows)
     if args.output:
-        Path(args.output).write_text(text)
+        _parent(args.output).write_text(text)
     else:
         sys.stdout.write(text)
-    from domains.crystals.io import Skipped
-
-    skipped += [Skipped(i, f"cannot encode: {why}") for i, why in failed]
     for s in skipped:
         print(f"skipped {s.id}: {s.reason}", file=sys.stderr)
     if args.skip_log:
-        write_skip_log(skipped, args.skip_log)
+        write_skip_log(skipped, _parent(args.skip_log))
+    _all_failed(len(rows), len(rows) + len(skipped), "records")
     return {"encoded": len(rows), "skipped": len(skipped), "extended_non_3_periodic": extended}
 
 
 def cmd_decode(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
     from domains.crystals.codec import decode
 
     warnings.filterwarnings("ignore")
-    items = _slices_lines(_input(args))
+    value = _input(args)
+    items = _slices_items(value)
     table = _load_table(args)
-    many = len(items) > 1 or Path(_input(args)).is_file()
+    many = len(items) > 1 or Path(value).is_file()
     out = Path(args.output) if args.output else None
     if out and many:
         out.mkdir(parents=True, exist_ok=True)
-    ok, reasons = 0, Counter()
-    for k, (rid, s) in enumerate(items):
+    elif out:
+        _parent(out)
+    ok, reasons, used = 0, Counter(), Counter()
+    for rid, s in tqdm(items, desc="decode", disable=not many):
         res = decode(s, table, args.time_limit, relax=args.relax)
         if not res.ok:
-            reasons[res.reason.split(":")[0]] += 1
+            reasons[re.split(r"[:(]", res.reason)[0].strip()] += 1
             print(f"{rid}: cannot decode: {res.reason}", file=sys.stderr)
             continue
         ok += 1
         if out is None:
             sys.stdout.write(res.structure.to(fmt="cif"))
+        elif many:
+            stem = _file_stem(rid)
+            used[stem] += 1
+            name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+            res.structure.to(filename=str(out / f"{name}.cif"))
         else:
-            res.structure.to(filename=str(out / f"{k:05d}.cif" if many else out))
+            res.structure.to(filename=str(out))
+    _all_failed(ok, len(items), "decodes")
     return {
         "decoded": ok,
         "failed": sum(reasons.values()),
@@ -137,7 +198,7 @@ def cmd_decode(args: argparse.Namespace) -> dict:
 def cmd_check(args: argparse.Namespace) -> dict:
     from domains.crystals.slices import check
 
-    items = _slices_lines(_input(args))
+    items = _slices_items(_input(args))
     n_ok, reasons = 0, Counter()
     for rid, s in items:
         ok, why = check(s)
@@ -145,6 +206,7 @@ def cmd_check(args: argparse.Namespace) -> dict:
         if not ok:
             reasons[why.split(":")[0]] += 1
         print(f"{rid}\t{why}")
+    _all_failed(n_ok, len(items), "strings")  # every one invalid: exit non-zero
     return {"valid": n_ok, "invalid": len(items) - n_ok, "validity": n_ok / max(len(items), 1)}
 
 
@@ -157,9 +219,19 @@ def cmd_table(args: argparse.Namespace) -> dict:
         records, skipped = read_any(_input(args), max_atoms=args.max_atoms)
     except (FileNotFoundError, ValueError) as err:
         raise _err(str(err)) from err
-    table = BondTable.fit([r.structure for r in records], args.method, progress=True)
-    table.save(args.output)
-    return {"structures": len(records), "skipped": len(skipped), "pairs": len(table.bond)}
+    left_out: list = []
+    table = BondTable.fit([r.structure for r in records], args.method, True, left_out)
+    for k, why in left_out:
+        print(f"left out {records[k].id}: {why}", file=sys.stderr)
+    for s in skipped:
+        print(f"skipped {s.id}: {s.reason}", file=sys.stderr)
+    _all_failed(len(records) - len(left_out), len(records) + len(skipped), "structures")
+    table.save(_parent(args.output))
+    return {
+        "structures": len(records) - len(left_out),
+        "skipped": len(skipped) + len(left_out),
+        "pairs": len(table.bond),
+    }
 
 
 # ------------------------------------------------------------------ model commands
@@ -211,194 +283,104 @@ def _targets(args: argparse.Namespace, dm) -> list[list[float]]:
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
+    """Sample under the grammar; rows that still fail check() (cut by the length budget) are
+    resampled up to --resample times; strings are written in canonical form."""
     import time
 
-    import torch
-
+    from domains.crystals.codec import canonical
+    from domains.crystals.evaluate import string_uniqueness
+    from domains.crystals.slices import check
     from domains.crystals.tokenizer import SlicesGrammar, decode_ids
     from seqmodels.checkpoint import load_module
     from seqmodels.sampling import generate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dm = _datamodule(args.config)
     model = load_module(args.ckpt).to(args.device)
     targets = _targets(args, dm)
     cond = [dm.normalise(t) for t in targets]
     grammar = SlicesGrammar(dm.vocab, max_atoms=dm.max_atoms, canonical=dm.augment == 0)
+
+    def sample(rows: list[list[float]], seed: int) -> list[str]:
+        ids = generate(
+            model,
+            [[dm.vocab.bos_id]] * len(rows),
+            cond=rows,
+            # never past the model's positions; a cut sample fails check() and is resampled
+            max_new_tokens=min(args.max_new_tokens, model.hparams.get("max_len", 10**9) - 1),
+            temperature=args.temperature,
+            top_k=args.top_k,
+            logits_processor=None if args.no_grammar else grammar,
+            seed=seed,
+            batch_size=args.batch_size,
+            progress=True,
+        )
+        return [decode_ids(r, dm.vocab) for r in ids]
+
     t0 = time.perf_counter()
-    ids = generate(
-        model,
-        [[dm.vocab.bos_id]] * len(cond),
-        cond=cond,
-        # never past the model's positions; a cut sample counts as invalid
-        max_new_tokens=min(args.max_new_tokens, model.hparams.get("max_len", 10**9) - 1),
-        temperature=args.temperature,
-        top_k=args.top_k,
-        logits_processor=None if args.no_grammar else grammar,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        progress=True,
-    )
+    strings = sample(cond, args.seed)
+    raw_valid = [check(s)[0] for s in strings]
+    resampled = 0
+    for round_ in range(1, args.resample + 1):
+        bad = [k for k, s in enumerate(strings) if not check(s)[0]]
+        if not bad:
+            break
+        resampled += len(bad)
+        for k, s in zip(bad, sample([cond[k] for k in bad], args.seed + round_)):
+            strings[k] = s
     secs = time.perf_counter() - t0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as fh:
+    valid = [check(s)[0] for s in strings]
+    # one spelling per crystal graph: duplicates become visible as equal strings
+    strings = [canonical(s) if ok else s for s, ok in zip(strings, valid)]
+    with open(_parent(args.out), "w") as fh:
         fh.write("\t".join(dm.properties + ["slices"]) + "\n")
-        for t, row in zip(targets, ids):
-            fh.write("\t".join([*(f"{x:.6g}" for x in t), decode_ids(row, dm.vocab)]) + "\n")
-    from domains.crystals.metrics import slices_validity
-
-    strings = [decode_ids(r, dm.vocab) for r in ids]
-    return {"samples": len(ids), "slices_validity": slices_validity(strings), "seconds": secs}
-
-
-def _read_samples(path: str, n_props: int) -> tuple[list[list[float]], list[str]]:
-    p = Path(path)
-    if not p.is_file():
-        raise _err(f"{p}: samples file not found")
-    targets, strings = [], []
-    for k, line in enumerate(p.read_text().splitlines()[1:]):
-        cols = line.split("\t")
-        if len(cols) != n_props + 1:
-            raise _err(f"{p}: line {k + 2} has {len(cols)} columns, expected {n_props + 1}")
-        targets.append([float(x) for x in cols[:n_props]])
-        strings.append(cols[-1])
-    return targets, strings
-
-
-def _predict(ckpt: str, strings: list[str], dm) -> list[list[float] | None]:
-    """Properties from the SLICES tokens by the finetuned predictor (None where it cannot parse)."""
-    import torch
-
-    from domains.crystals.slices import SlicesError
-    from domains.crystals.tokenizer import encode_ids
-    from seqmodels.checkpoint import load_module
-    from seqmodels.data import collate
-
-    model = load_module(ckpt)
-    out: list = [None] * len(strings)
-    rows = []
-    for k, s in enumerate(strings):
-        try:
-            rows.append((k, encode_ids(s, dm.vocab)))
-        except SlicesError:
-            continue
-    with torch.no_grad():
-        for b in range(0, len(rows), 64):
-            chunk = rows[b : b + 64]
-            batch = collate([{"ids": ids} for _, ids in chunk], dm.vocab.pad_id)
-            (_, pred), *_ = model(batch).values()
-            for (k, _), z in zip(chunk, dm.denormalise(pred.numpy()).tolist()):
-                out[k] = z
-    return out
-
-
-def _sample_metrics(strings, structures, train, dm, predictor, targets) -> dict:
-    import numpy as np
-
-    from domains.crystals import metrics as M
-
-    m = {
-        "n": len(strings),
-        "slices_validity": M.slices_validity(strings),
-        "reconstruction_rate": M.reconstruction_rate(structures),
-        "structural_validity": M.structural_validity(structures),
-        "compositional_validity": M.compositional_validity(structures),
-        "uniqueness": M.uniqueness(structures),
-        "novelty": M.novelty(structures, train),
-        "element_tv_distance": M.element_distance(structures, train),
-        "spacegroup_tv_distance": M.spacegroup_distance(structures, train),
+        for t, s in zip(targets, strings):
+            fh.write("\t".join([*(f"{x:.6g}" for x in t), s]) + "\n")
+    return {
+        "samples": len(strings),
+        "raw_slices_validity": sum(raw_valid) / max(len(strings), 1),
+        "slices_validity": sum(valid) / max(len(strings), 1),
+        "resampled": resampled,
+        "string_uniqueness": string_uniqueness(strings),
+        "seconds": secs,
     }
-    if predictor:
-        pred = _predict(predictor, strings, dm)
-        keep = [k for k, (p, s) in enumerate(zip(pred, structures)) if p is not None and s]
-        if keep:
-            m.update(
-                M.property_errors(
-                    np.array([pred[k] for k in keep]),
-                    np.array([targets[k] for k in keep]),
-                    dm.properties,
-                )
-            )
-        m["_pred"] = pred
-    return m
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
-    from domains.crystals.codec import decode
-    from domains.crystals.geometry import BondTable
+    from domains.crystals.evaluate import SamplesError, evaluate_samples
 
     warnings.filterwarnings("ignore")
     dm = _datamodule(args.config)
-    out = Path(args.out)
-    (out / "cifs").mkdir(parents=True, exist_ok=True)
-    train = dm.train_structures()
-    table = BondTable.fit(train, dm.method) if train else BondTable()
-    table.save(out / "bond_table.json")
-    targets, strings = _read_samples(args.samples, len(dm.properties))
-
-    def decode_all(items, tag, write):
-        from tqdm import tqdm
-
-        structs, reasons = [], Counter()
-        for k, s in enumerate(tqdm(items, desc=f"decode {tag}")):
-            res = decode(s, table, args.time_limit, relax=args.relax)
-            structs.append(res.structure)
-            if not res.ok:
-                reasons[res.reason.split(":")[0]] += 1
-            elif write:
-                res.structure.to(filename=str(out / "cifs" / f"{k:05d}.cif"))
-        return structs, reasons
-
-    structures, reasons = decode_all(strings, "samples", True)
-    gen = _sample_metrics(strings, structures, train, dm, args.predictor, targets)
-    pred = gen.pop("_pred", None)
-    # reference: held-out test crystals through the same pipeline
-    test = [(r["slices"], r["props"]) for r, s in zip(dm.records, dm.record_split) if s == "test"]
-    test = test[: args.reference_n]
-    ref_structs, _ = decode_all([s for s, _ in test], "reference", False)
-    ref = _sample_metrics(
-        [s for s, _ in test], ref_structs, train, dm, args.predictor, [p for _, p in test]
-    )
-    ref.pop("_pred", None)
-    metrics = {**gen, **{f"reference/{k}": v for k, v in ref.items()}}
-    metrics.update({f"decode_fail/{r}": n for r, n in reasons.items()})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    if pred is not None:
-        _plot(targets, pred, dm.properties, out / "generated_vs_target.png")
+    try:
+        metrics = evaluate_samples(
+            args.samples,
+            dm,
+            Path(args.out),
+            predictor=args.predictor,
+            relax=args.relax,
+            time_limit=args.time_limit,
+            reference_n=args.reference_n,
+            coverage=not args.no_coverage,
+        )
+    except SamplesError as err:
+        raise _err(str(err)) from err
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-
-
-def _plot(targets, pred, names, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4))
-    axes = [axes] if len(names) == 1 else axes
-    for k, (ax, name) in enumerate(zip(axes, names)):
-        pts = [(t[k], p[k]) for t, p in zip(targets, pred) if p is not None]
-        if pts:
-            x, y = zip(*pts)
-            ax.scatter(x, y, s=10, alpha=0.6)
-            lo, hi = min(x + y), max(x + y)
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"target {name}")
-        ax.set_ylabel(f"predicted {name} of generated")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------ parser
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from seqmodels.commands import add_flag
+
     raw = argparse.RawDescriptionHelpFormatter
-    top = subparsers.add_parser("crystals", help="crystals: SLICES codec and MatterGPT")
+    top = subparsers.add_parser(
+        "crystals",
+        help="crystals: SLICES codec and MatterGPT",
+        description="Crystal structures <-> SLICES strings, and a property-conditioned GPT "
+        "over them (domains/crystals/README.md).",
+    )
     sub = top.add_subparsers(title="crystals commands", metavar="COMMAND")
+    top.set_defaults(func=lambda _args: top.print_help() or {})
 
     def leaf(name: str, help_: str, with_input: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(
@@ -409,52 +391,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--input", dest="input_flag", default=None, help="the same, as a flag")
         return p
 
-    p = leaf("encode", "CIF / folder of CIFs / MP-20-style CSV / 'aflow' -> SLICES (TSV)")
-    p.add_argument("-o", "--output", default=None, help="TSV file (default stdout)")
-    p.add_argument("--method", choices=("econnn", "crystalnn"), default="econnn")
-    p.add_argument("--max-atoms", "--max_atoms", type=int, default=64)
-    p.add_argument("--skip-log", "--skip_log", default=None, help="JSON lines of skipped records")
+    method_help = (
+        "bond finder: econnn (Hoppe's effective coordination, default) or crystalnn (slower)"
+    )
+    atoms_help = "skip structures with more sites than this (default 64, the vocabulary's limit)"
+
+    p = leaf("encode", "CIF / POSCAR / folder of CIFs / MP-20-style CSV / 'aflow' -> SLICES (TSV)")
+    add_flag(p, "-o", "--output", default=None, help="TSV file (default stdout)")
+    add_flag(p, "--method", choices=("econnn", "crystalnn"), default="econnn", help=method_help)
+    add_flag(p, "--max-atoms", type=int, default=64, help=atoms_help)
+    add_flag(p, "--skip-log", default=None, help="JSON lines of skipped records")
     p.set_defaults(func=cmd_encode)
 
-    p = leaf("decode", "SLICES (string or file) -> CIF (file, or folder for many)")
-    p.add_argument("-o", "--output", default=None)
-    p.add_argument("--table", default=None, help="bond table JSON (`crystals table`)")
-    p.add_argument("--relax", choices=("none", "chgnet"), default="none")
-    p.add_argument("--time-limit", "--time_limit", type=float, default=10.0)
+    p = leaf("decode", "SLICES (string, TSV or CSV) -> CIF (file, or folder for many)")
+    add_flag(p, "-o", "--output", default=None, help="CIF file, or a folder for a file of many "
+             "(one CIF per id); default stdout")  # fmt: skip
+    add_flag(p, "--table", default=None, help="bond table JSON (`crystals table`)")
+    add_flag(p, "--relax", choices=("none", "chgnet"), default="none",
+             help="CHGNet relaxation after the fit (extra `relax`)")  # fmt: skip
+    add_flag(p, "--time-limit", type=float, default=10.0, help="seconds per structure (default 10)")
     p.set_defaults(func=cmd_decode)
 
-    p = leaf("check", "is a SLICES string (or each line of a file) a decodable crystal net?")
+    p = leaf("check", "is a SLICES string (or each line of a TSV / row of a CSV) a crystal net?")
     p.set_defaults(func=cmd_check)
 
     p = leaf("table", "learn the decoder's bond lengths / angles from structures")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--method", choices=("econnn", "crystalnn"), default="econnn")
-    p.add_argument("--max-atoms", "--max_atoms", type=int, default=64)
+    add_flag(p, "-o", "--output", required=True, help="bond table JSON")
+    add_flag(p, "--method", choices=("econnn", "crystalnn"), default="econnn", help=method_help)
+    add_flag(p, "--max-atoms", type=int, default=64, help=atoms_help)
     p.set_defaults(func=cmd_table)
 
     p = leaf("generate", "sample SLICES for target properties (grammar-constrained)", False)
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--config", required=True, help="the training stage's config.yaml")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--target", action="append", help="raw property values 'a,b' (repeatable)")
-    p.add_argument("--allow-extrapolation", "--allow_extrapolation", action="store_true")
-    p.add_argument("--temperature", type=float, default=0.9)
-    p.add_argument("--top-k", "--top_k", type=int, default=50)
-    p.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=512)
-    p.add_argument("--batch-size", "--batch_size", type=int, default=100)
-    p.add_argument("--no-grammar", "--no_grammar", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--out", required=True, help="samples TSV")
+    add_flag(p, "--ckpt", required=True, help="the LM checkpoint (.ckpt)")
+    add_flag(p, "--config", required=True, help="the training stage's config.yaml")
+    add_flag(p, "--n", type=int, default=100, help="samples (default 100)")
+    add_flag(p, "--target", action="append", help="raw property values 'a,b' (repeatable)")
+    add_flag(p, "--allow-extrapolation", action="store_true",
+             help="sample for targets outside the training range")  # fmt: skip
+    add_flag(p, "--temperature", type=float, default=0.9)
+    add_flag(p, "--top-k", type=int, default=50)
+    add_flag(p, "--max-new-tokens", type=int, default=512)
+    add_flag(p, "--batch-size", type=int, default=100)
+    add_flag(p, "--resample", type=int, default=3,
+             help="rounds of resampling rows that fail check() (default 3)")  # fmt: skip
+    add_flag(p, "--no-grammar", action="store_true", help="sample without the grammar")
+    add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    add_flag(p, "--out", required=True, help="samples TSV")
     p.set_defaults(func=cmd_generate)
 
     p = leaf("evaluate", "decode samples, write CIFs, metrics.json and a property plot", False)
-    p.add_argument("--samples", required=True)
-    p.add_argument("--config", required=True, help="the training stage's config.yaml")
-    p.add_argument("--predictor", default=None, help="property predictor checkpoint")
-    p.add_argument("--relax", choices=("none", "chgnet"), default="none")
-    p.add_argument("--time-limit", "--time_limit", type=float, default=5.0)
-    p.add_argument("--reference-n", "--reference_n", type=int, default=100)
-    p.add_argument("--out", required=True)
+    add_flag(p, "--samples", required=True, help="samples TSV from `crystals generate`")
+    add_flag(p, "--config", required=True, help="the training stage's config.yaml")
+    add_flag(p, "--predictor", default=None,
+             help="property predictor checkpoint (a string-reading proxy)")  # fmt: skip
+    add_flag(p, "--relax", choices=("none", "chgnet"), default="none")
+    add_flag(p, "--time-limit", type=float, default=5.0, help="seconds per decode (default 5)")
+    add_flag(p, "--reference-n", type=int, default=100, help="held-out test crystals (default 100)")
+    add_flag(p, "--no-coverage", action="store_true",
+             help="skip COV-R / COV-P (CrystalNN fingerprints cost ~0.5 s per structure)")  # fmt: skip
+    add_flag(p, "--out", required=True, help="output folder")
     p.set_defaults(func=cmd_evaluate)

@@ -14,9 +14,10 @@ from domains.crystals.canonical import canonicalize
 from domains.crystals.cell import frames, reduced_cell, wrapped
 from domains.crystals.geometry import BondTable, DecodeTimeout, FitOptions, embed
 from domains.crystals.neighbors import bond_graph
-from domains.crystals.slices import SlicesError, SlicesGraph, check, parse
+from domains.crystals.slices import ELEMENTS, SlicesError, SlicesGraph, check, parse
 
 MAX_SUPERCELL = 4
+MIN_SITE_DISTANCE = 0.5  # A; closer sites are a broken file, not a crystal
 
 
 @dataclass
@@ -45,6 +46,7 @@ def encode_info(structure: Structure, method: str = "econnn") -> EncodeInfo:
     The bonds are found once in the primitive Niggli cell; the graph is then written in
     every equivalent basis and origin (cell.frames) and the smallest canonical string wins.
     """
+    _check_input(structure)
     s = reduced_cell(structure)
     bonds = bond_graph(s, method)
     species = tuple(x.specie.symbol for x in s)
@@ -58,6 +60,22 @@ def encode_info(structure: Structure, method: str = "econnn") -> EncodeInfo:
     if best is not None:
         return EncodeInfo(best[1].to_string(), bonds.n_contacts, (1, 1, 1), exact)
     return _encode_supercell(s, method)
+
+
+def _check_input(structure: Structure) -> None:
+    """Refuse what would encode to a string that cannot mean the input (ValueError)."""
+    if not structure.is_ordered:
+        raise ValueError("disordered structure: SLICES needs one element per site")
+    beyond = sorted({s.specie.symbol for s in structure} - set(ELEMENTS))
+    if beyond:
+        raise ValueError(f"elements {beyond} are beyond the SLICES vocabulary (Z <= 103)")
+    ci, pi, _, dist = structure.get_neighbor_list(MIN_SITE_DISTANCE, exclude_self=True)
+    if len(dist):
+        k = int(np.argmin(dist))
+        raise ValueError(
+            f"sites {ci[k]} and {pi[k]} are {dist[k]:.3f} A apart (duplicate or overlapping "
+            f"sites; under {MIN_SITE_DISTANCE} A)"
+        )
 
 
 def _encode_supercell(s: Structure, method: str) -> EncodeInfo:

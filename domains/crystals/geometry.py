@@ -75,8 +75,17 @@ class BondTable:
         return cls(**json.loads(Path(path).read_text()))
 
     @classmethod
-    def fit(cls, structures, method: str = "econnn", progress: bool = False) -> BondTable:
-        """Learn bond lengths, contact distances and angle modes from structures' bond graphs."""
+    def fit(
+        cls,
+        structures,
+        method: str = "econnn",
+        progress: bool = False,
+        skipped: list | None = None,
+    ) -> BondTable:
+        """Learn bond lengths, contact distances and angle modes from structures' bond graphs.
+
+        A structure whose bond graph cannot be made 3-periodic is left out; its index and the
+        reason are appended to `skipped` when given."""
         bond, bond_cn, nonbond = defaultdict(list), defaultdict(list), defaultdict(list)
         ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
         it = structures
@@ -84,9 +93,14 @@ class BondTable:
             from tqdm import tqdm
 
             it = tqdm(structures, desc="learning bond table")
-        for s in it:
+        for k, s in enumerate(it):
             s = wrapped(s)
-            edges = bond_graph(s, method).edges
+            try:
+                edges = bond_graph(s, method).edges
+            except ValueError as err:
+                if skipped is not None:
+                    skipped.append((k, str(err)))
+                continue
             if len(edges) == 0:
                 continue
             sp = [site.specie.symbol for site in s]

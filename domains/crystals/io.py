@@ -42,24 +42,60 @@ def _accept(rid: str, structure: Structure, max_atoms: int | None) -> str | None
     return None
 
 
+def _structures_from_cif_text(text: str) -> list[Structure]:
+    """Every data block of a CIF (pymatgen's parser; one structure per block)."""
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parser = CifParser.from_str(text)
+        return parser.parse_structures(primitive=False, on_error="raise")
+
+
 def _from_cif_text(text: str, rid: str, max_atoms, props=None):
+    """(records, skipped) of one CIF text: a record per data block (ids `rid#block` when
+    there are several), or one skip naming why the CIF cannot be read."""
+    try:
+        structures = _structures_from_cif_text(text)
+    except Exception as err:  # pymatgen raises many types on bad CIFs; report them all
+        return [], [Skipped(rid, f"unreadable CIF: {type(err).__name__}: {err}".strip())]
+    if not structures:
+        return [], [Skipped(rid, "unreadable CIF: no structure in it")]
+    records, skipped = [], []
+    for k, s in enumerate(structures):
+        bid = rid if len(structures) == 1 else f"{rid}#{k}"
+        why = _accept(bid, s, max_atoms)
+        if why:
+            skipped.append(Skipped(bid, why))
+        else:
+            records.append(Record(bid, s, dict(props or {})))
+    return records, skipped
+
+
+def read_structure_file(path: str | Path, max_atoms: int | None = DEFAULT_MAX_ATOMS):
+    """One structure file: CIF (every data block), or any format pymatgen's
+    `Structure.from_file` reads (POSCAR/CONTCAR, vasprun.xml, ...). A molecule file (XYZ, ...)
+    is skipped as not periodic."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".cif", ".mcif")):
+        return _from_cif_text(path.read_text(errors="replace"), str(path), max_atoms)
+    if name.endswith((".xyz", ".mol", ".sdf", ".pdb", ".gjf", ".mol2")):
+        return [], [Skipped(str(path), "a molecule file, not a periodic crystal")]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s = Structure.from_str(text, fmt="cif")
-    except Exception as err:  # pymatgen raises many types on bad CIFs; report them all
-        return None, Skipped(rid, f"unreadable CIF: {type(err).__name__}: {err}".strip())
-    why = _accept(rid, s, max_atoms)
-    if why:
-        return None, Skipped(rid, why)
-    return Record(rid, s, props or {}), None
+            s = Structure.from_file(path)
+    except Exception as err:  # every reader raises its own types
+        return [], [Skipped(str(path), f"unreadable structure file: {type(err).__name__}: {err}")]
+    why = _accept(str(path), s, max_atoms)
+    return ([], [Skipped(str(path), why)]) if why else ([Record(str(path), s)], [])
 
 
 def read_cif(path: str | Path, max_atoms: int | None = DEFAULT_MAX_ATOMS):
-    """One CIF file (its first data block)."""
+    """One CIF file (every data block)."""
     path = Path(path)
-    rec, skip = _from_cif_text(path.read_text(errors="replace"), str(path), max_atoms)
-    return ([rec] if rec else []), ([skip] if skip else [])
+    return _from_cif_text(path.read_text(errors="replace"), str(path), max_atoms)
 
 
 def read_cif_dir(path: str | Path, max_atoms: int | None = DEFAULT_MAX_ATOMS):
@@ -102,11 +138,9 @@ def read_csv(
             if bad:
                 skipped.append(bad)
                 continue
-            rec, skip = _from_cif_text(row[cif_column], rid, max_atoms, props)
-            if rec:
-                records.append(rec)
-            else:
-                skipped.append(skip)
+            recs, skips = _from_cif_text(row[cif_column] or "", rid, max_atoms, props)
+            records += recs
+            skipped += skips
     return records, skipped
 
 
@@ -141,7 +175,7 @@ def resolve(source: str | Path) -> Path:
 
 
 def read_any(source: str | Path | None, **kwargs):
-    """'aflow' / None (embedded prototypes), a .csv, a .cif or a folder of CIFs."""
+    """'aflow' / None (embedded prototypes), a .csv, a structure file or a folder of CIFs."""
     if source in (None, "aflow"):
         return aflow_prototypes(kwargs.get("max_atoms", DEFAULT_MAX_ATOMS))
     p = resolve(source)
@@ -151,7 +185,7 @@ def read_any(source: str | Path | None, **kwargs):
         return read_cif_dir(p, kwargs.get("max_atoms", DEFAULT_MAX_ATOMS))
     if p.suffix.lower() == ".csv":
         return read_csv(p, **kwargs)
-    return read_cif(p, kwargs.get("max_atoms", DEFAULT_MAX_ATOMS))
+    return read_structure_file(p, kwargs.get("max_atoms", DEFAULT_MAX_ATOMS))
 
 
 def write_skip_log(skipped: list[Skipped], path: str | Path) -> None:

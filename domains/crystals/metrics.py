@@ -1,6 +1,9 @@
-"""Generation metrics, one function each; run them on training data too as the reference.
+"""Generation metrics, one function each; run them on held-out crystals too as the reference.
 
-Distances between distributions are total-variation distances (0 = identical, 1 = disjoint).
+Validity, coverage (COV-R / COV-P) and the Wasserstein distances of density and number of
+elements follow CDVAE's generation benchmark (Xie et al., ICLR 2022; txie-93/cdvae,
+scripts/eval_utils.py and compute_metrics.py). Element and space-group distances are
+total-variation distances (0 = identical, 1 = disjoint).
 """
 
 from __future__ import annotations
@@ -26,15 +29,15 @@ def reconstruction_rate(structures: Sequence[Structure | None]) -> float:
 
 
 def is_structurally_valid(s: Structure, min_dist: float = 0.5) -> bool:
-    """Every interatomic distance > min_dist A and a finite positive volume."""
+    """CDVAE's structure validity: every interatomic distance (minimum image) >= 0.5 A and a
+    volume >= 0.1 A^3."""
     vol = s.volume
-    if not np.isfinite(vol) or vol <= 0.1:
+    if not np.isfinite(vol) or vol < 0.1:
         return False
     if len(s) == 1:
-        return min(s.lattice.abc) > min_dist
-    d = s.distance_matrix + np.eye(len(s)) * 1e9
-    # images of a site itself (short lattice vectors) count too
-    return float(d.min()) > min_dist and min(s.lattice.abc) > min_dist
+        return True
+    d = s.distance_matrix + np.eye(len(s)) * (min_dist + 10.0)
+    return float(d.min()) >= min_dist
 
 
 def structural_validity(structures: Sequence[Structure | None]) -> float:
@@ -43,27 +46,183 @@ def structural_validity(structures: Sequence[Structure | None]) -> float:
     return float(np.mean(ok)) if ok else 0.0
 
 
-def is_charge_neutral(comp: Composition) -> bool:
-    """A charge-neutral assignment of common oxidation states exists (pymatgen's guesses);
-    an all-metal composition counts as valid (an alloy), as in the CDVAE protocol."""
-    if all(el.is_metal for el in comp.elements):
+def smact_valid(comp: Composition) -> bool:
+    """CDVAE's compositional validity (SMACT): one element, or all metals (an alloy), or some
+    assignment of SMACT's oxidation states (the 2014 set CDVAE's SMACT used) that is charge
+    neutral for the reduced formula, within the formula's largest count, and passes the
+    Pauling electronegativity test (assumed passed where electronegativities are missing)."""
+    import itertools
+
+    import smact
+    from smact.screening import pauling_test
+
+    amounts = comp.get_el_amt_dict()
+    symbols = tuple(sorted(amounts, key=lambda e: Composition(e).elements[0].Z))
+    counts = np.array([amounts[e] for e in symbols])
+    if not np.allclose(counts, np.round(counts)):
+        return False  # fractional occupancies: not a formula SMACT can test
+    counts = np.round(counts).astype(int)
+    counts = counts // np.gcd.reduce(counts)
+    if len(symbols) == 1:
         return True
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    if all(e in smact.metals for e in symbols):
+        return True
+    try:
+        space = smact.element_dictionary(symbols)
+    except (KeyError, NameError):
+        return False  # an element SMACT does not know
+    elems = [space[e] for e in symbols]
+    electronegs = [e.pauling_eneg for e in elems]
+    stoichs = [(int(c),) for c in counts]
+    for ox in itertools.product(*(e.oxidation_states_smact14 for e in elems)):
+        if not smact.neutral_ratios(ox, stoichs=stoichs, threshold=int(counts.max())):
+            continue
         try:
-            return len(comp.oxi_state_guesses(max_sites=-20)) > 0
-        except ValueError:
-            return False
+            if pauling_test(ox, electronegs):
+                return True
+        except TypeError:  # no electronegativity data: CDVAE counts it as passing
+            return True
+    return False
 
 
 def compositional_validity(structures_or_comps: Sequence) -> float:
-    comps = [
-        x.composition if isinstance(x, Structure) else Composition(x)
-        for x in structures_or_comps
-        if x is not None
-    ]
+    """Fraction of all samples (failed decodes count as invalid) that are SMACT-valid."""
     n = len(structures_or_comps)
-    return float(sum(is_charge_neutral(c) for c in comps) / n) if n else 0.0
+    ok = 0
+    for x in structures_or_comps:
+        if x is not None:
+            ok += smact_valid(x.composition if isinstance(x, Structure) else Composition(x))
+    return ok / n if n else 0.0
+
+
+def validity(structures: Sequence[Structure | None]) -> float:
+    """CDVAE's `valid`: both structurally and compositionally valid, over all samples."""
+    ok = [
+        s is not None and is_structurally_valid(s) and smact_valid(s.composition)
+        for s in structures
+    ]
+    return float(np.mean(ok)) if ok else 0.0
+
+
+def valid_structures(structures: Sequence[Structure | None]) -> list[Structure]:
+    return [
+        s
+        for s in structures
+        if s is not None and is_structurally_valid(s) and smact_valid(s.composition)
+    ]
+
+
+def measured_properties(s: Structure) -> dict[str, float]:
+    """Properties read off a structure itself (no model): density (g/cm3), volume per atom
+    (A^3) and number of elements."""
+    return {
+        "density": float(s.density),
+        "volume_per_atom": float(s.volume / len(s)),
+        "n_elements": float(len(s.composition.elements)),
+    }
+
+
+MEASURABLE = ("density", "volume_per_atom")
+
+
+def wasserstein_distances(samples: Sequence[Structure], reference: Sequence[Structure]) -> dict:
+    """CDVAE's wdist_density and wdist_num_elems between valid samples and reference crystals."""
+    from scipy.stats import wasserstein_distance
+
+    if not samples or not reference:
+        return {"wdist_density": None, "wdist_num_elems": None}
+    a = [measured_properties(s) for s in samples]
+    b = [measured_properties(s) for s in reference]
+    return {
+        "wdist_density": float(
+            wasserstein_distance([x["density"] for x in a], [x["density"] for x in b])
+        ),
+        "wdist_num_elems": float(
+            wasserstein_distance([x["n_elements"] for x in a], [x["n_elements"] for x in b])
+        ),
+    }
+
+
+COV_CUTOFFS = {"struc": 0.4, "comp": 10.0}  # CDVAE's MP-20 thresholds
+
+
+def fingerprints(structures: Sequence[Structure | None], progress: bool = False):
+    """(structure fingerprints, composition fingerprints) as CDVAE computes them: the mean of
+    matminer's CrystalNN site fingerprints ("ops" preset) and Magpie element properties; None
+    where a structure is missing or its fingerprint fails."""
+    from matminer.featurizers.composition.composite import ElementProperty
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+
+    site_fp = CrystalNNFingerprint.from_preset("ops")
+    comp_fp = ElementProperty.from_preset("magpie")
+    it = structures
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(structures, desc="fingerprints")
+    struc, comp = [], []
+    for s in it:
+        if s is None:
+            struc.append(None)
+            comp.append(None)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fp = np.mean([site_fp.featurize(s, i) for i in range(len(s))], axis=0)
+                cf = np.asarray(comp_fp.featurize(s.composition), float)
+            except Exception:  # CDVAE counts a failed fingerprint as invalid; so do we
+                fp = cf = None
+        struc.append(fp)
+        comp.append(cf)
+    return struc, comp
+
+
+def coverage(
+    sample_fps, reference_fps, comp_scale, cutoffs: dict | None = None
+) -> dict[str, float | None]:
+    """CDVAE's COV-R (fraction of reference crystals with a sample within both fingerprint
+    cutoffs) and COV-P (fraction of all samples within both cutoffs of a reference crystal).
+
+    CDVAE standardises the Magpie features with constants from its MP-20 training set; we
+    standardise with the mean and std of our own training split (comp_scale = (mean, std)).
+    """
+    from scipy.spatial.distance import cdist
+
+    cut = cutoffs or COV_CUTOFFS
+    n_samples = len(sample_fps[0])
+    keep = [k for k in range(n_samples) if sample_fps[0][k] is not None]
+    ref = [k for k in range(len(reference_fps[0])) if reference_fps[0][k] is not None]
+    if not keep or not ref:
+        return {"cov_recall": None, "cov_precision": None}
+    mean, std = comp_scale
+
+    def comp(fps, idx):
+        x = (np.array([fps[1][k] for k in idx]) - mean) / std
+        return np.nan_to_num(x, nan=0.0)
+
+    s_dist = cdist(
+        np.array([sample_fps[0][k] for k in keep]), np.array([reference_fps[0][k] for k in ref])
+    )
+    c_dist = cdist(comp(sample_fps, keep), comp(reference_fps, ref))
+    recall = (s_dist.min(0) <= cut["struc"]) & (c_dist.min(0) <= cut["comp"])
+    precision = (s_dist.min(1) <= cut["struc"]) & (c_dist.min(1) <= cut["comp"])
+    return {
+        "cov_recall": float(recall.mean()),
+        "cov_precision": float(precision.sum() / n_samples),
+    }
+
+
+def composition_scale(structures: Sequence[Structure]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (1 where 0) of the Magpie features over structures (the training split)."""
+    from matminer.featurizers.composition.composite import ElementProperty
+
+    fp = ElementProperty.from_preset("magpie")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = np.array([fp.featurize(s.composition) for s in structures], float)
+    mean, std = np.nanmean(x, 0), np.nanstd(x, 0)
+    return np.nan_to_num(mean), np.where(np.nan_to_num(std) > 0, np.nan_to_num(std), 1.0)
 
 
 def _usable(structures) -> list[Structure]:
@@ -72,7 +231,7 @@ def _usable(structures) -> list[Structure]:
     return [
         s.get_reduced_structure("LLL")
         for s in structures
-        if s is not None and is_structurally_valid(s)
+        if s is not None and is_structurally_valid(s) and min(s.lattice.abc) > 0.5
     ]
 
 
@@ -95,8 +254,11 @@ def uniqueness(structures: Sequence[Structure | None]) -> float:
     return groups / len(valid)
 
 
-def novelty(structures: Sequence[Structure | None], train: Sequence[Structure]) -> float:
-    """Fraction of structurally valid samples not matched to any training structure."""
+def novelty(structures: Sequence[Structure | None], train: Sequence[Structure]) -> float | None:
+    """Fraction of structurally valid samples not matched to any training structure; None
+    (undefined) without training structures."""
+    if not train:
+        return None
     valid = _usable(structures)
     if not valid:
         return 0.0

@@ -97,7 +97,7 @@ def parse(text: str) -> SlicesGraph:
     edges = np.zeros((len(rest) // 3, 5), dtype=np.int64)
     for e in range(len(rest) // 3):
         a, b, off = rest[3 * e : 3 * e + 3]
-        if not (a.isdigit() and b.isdigit()):
+        if not (a.isascii() and a.isdigit() and b.isascii() and b.isdigit()):
             raise SlicesError(f"does not parse: edge {e} has site indices {a!r} {b!r}")
         i, j = int(a), int(b)
         if i >= n or j >= n:

@@ -77,16 +77,43 @@ def test_aflow_default_has_the_prototypes():
 def test_structural_and_compositional_validity(rocksalt):
     squashed = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]])
     assert M.structural_validity([rocksalt, squashed, None]) == pytest.approx(1 / 3)
-    assert M.is_charge_neutral(rocksalt.composition)
-    bad = Structure(Lattice.cubic(4.0), ["Na", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert not M.is_charge_neutral(bad.composition)
-    assert M.compositional_validity([rocksalt, bad]) == 0.5
+    assert M.smact_valid(rocksalt.composition)
+    bad = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5] * 3, [0.25] * 3])
+    assert not M.smact_valid(bad.composition)
+    assert M.compositional_validity([rocksalt, bad, None]) == pytest.approx(1 / 3)
+    assert M.validity([rocksalt, squashed, bad]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("formula", "valid"),
+    # where SMACT (as CDVAE runs it) and pymatgen's oxidation-state guesses disagree
+    [("Na2BiO3", True), ("Co2Ge", True), ("LaSe2", False), ("NaCl", True), ("Fe", True)],
+)
+def test_smact_validity_as_cdvae(formula, valid):
+    from pymatgen.core import Composition
+
+    assert M.smact_valid(Composition(formula)) is valid
+
+
+def test_wasserstein_and_coverage(rocksalt, perovskite, rutile):
+    same = M.wasserstein_distances([rocksalt, perovskite], [rocksalt, perovskite])
+    assert same == {"wdist_density": 0.0, "wdist_num_elems": 0.0}
+    d = M.wasserstein_distances([rocksalt], [perovskite])
+    assert d["wdist_num_elems"] == pytest.approx(1.0)
+    assert d["wdist_density"] == pytest.approx(abs(rocksalt.density - perovskite.density))
+    ref = M.fingerprints([rocksalt, perovskite])
+    scale = M.composition_scale([rocksalt, perovskite, rutile])
+    assert M.coverage(ref, ref, scale) == {"cov_recall": 1.0, "cov_precision": 1.0}
+    other = M.fingerprints([rutile, None])  # a failed decode counts against precision
+    cov = M.coverage(other, ref, scale)
+    assert cov == {"cov_recall": 0.0, "cov_precision": 0.0}
 
 
 def test_uniqueness_novelty_and_distances(rocksalt, perovskite, permute):
     twin = permute(rocksalt, np.random.default_rng(0))
     assert M.uniqueness([rocksalt, twin, perovskite]) == pytest.approx(2 / 3)
     assert M.novelty([twin, perovskite], [rocksalt]) == 0.5
+    assert M.novelty([twin, perovskite], []) is None  # undefined without training structures
     assert M.element_distance([rocksalt], [rocksalt]) == 0.0
     assert M.element_distance([rocksalt], [perovskite]) == pytest.approx(1.0)
     assert M.spacegroup_distance([rocksalt, perovskite], [rocksalt, perovskite]) == 0.0
