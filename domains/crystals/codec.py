@@ -128,7 +128,10 @@ def decode(
     relax: str = "none",
     options: FitOptions | None = None,
 ) -> DecodeResult:
-    """Rebuild a Structure; a failure returns its reason instead of raising."""
+    """Rebuild a Structure; a failure returns its reason instead of raising.
+
+    time_limit (seconds) bounds the whole decode: the fit, then CHGNet relaxation with what
+    is left (stopped early with the best geometry so far, `info["relax_stopped"]`)."""
     t0 = time.perf_counter()
     try:
         graph = parse(text)
@@ -139,12 +142,15 @@ def decode(
             structure = embed(graph, table or BondTable(), time_limit, options)
         info = {}
         if relax == "chgnet":
-            from domains.crystals.relax import RelaxUnavailable, chgnet_relax
+            from domains.crystals.relax import RelaxRefused, RelaxUnavailable, chgnet_relax
 
+            left = max(time_limit - (time.perf_counter() - t0), 0.0)  # one limit for both
             try:
-                structure, info = chgnet_relax(structure)
+                structure, info = chgnet_relax(structure, time_limit=left)
             except RelaxUnavailable:
                 raise
+            except RelaxRefused as err:  # kept unrelaxed, and said so
+                info = {"relax_skipped": str(err)}
             except Exception as err:  # a potential's failure must not end a batch
                 return DecodeResult(None, f"relax failed: {err}", time.perf_counter() - t0)
         elif relax != "none":
