@@ -200,6 +200,10 @@ class DNAPretrainDataModule(_DNAData):
         is the one the finetuning datamodule makes from the same split settings.
     window / stride: records longer than `window` bases are cut (stride default = window).
     rc_augment: add the reverse complement of every training window.
+    genome: reference FASTA files (bgzipped ok; `domains.dna.genome`): windows that never
+        cross a run of N, `soft_mask` policy for lowercase repeats ("upper", "n", "drop"
+        windows with more than `max_masked` masked), `shifts` extra seeded window grids,
+        and a hold-out of whole `holdout_block`-base blocks.
     The pretraining hold-out (val/test windows) is drawn with `split_seed` as well.
     """
 
@@ -212,9 +216,16 @@ class DNAPretrainDataModule(_DNAData):
         stride: int | None = None,
         rc_augment: bool = True,
         max_sequences: int | None = None,
+        genome: list[str] | None = None,
+        soft_mask: str = "upper",
+        max_masked: float = 0.5,
+        shifts: int = 0,
+        holdout_block: int = 100_000,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.genome, self.soft_mask, self.max_masked = genome or [], soft_mask, max_masked
+        self.shifts, self.holdout_block = shifts, holdout_block
         self.sources, self.tasks, self.data_dir = sources or [], tasks, data_dir
         self.window, self.stride, self.rc_augment = window, stride, rc_augment
         self.max_sequences = max_sequences
@@ -243,9 +254,31 @@ class DNAPretrainDataModule(_DNAData):
             ]
             self.read_errors += report.errors
         report_skipped(self.read_errors, "DNAPretrainDataModule")
-        if not seqs:
-            raise ValueError("DNAPretrainDataModule: no sequences (give sources and/or tasks)")
+        if not seqs and not self.genome:
+            raise ValueError("DNAPretrainDataModule: no sequences (give sources, genome or tasks)")
         return seqs, held_out
+
+    def _genome_windows(self) -> list[tuple[str, str | None]]:
+        from domains.dna.genome import genome_windows, read_genome
+
+        out: list[tuple[str, str | None]] = []
+        for src in self.genome:
+            path = Path(src)
+            if not path.is_absolute() and _data_dir(self.data_dir) is not None:
+                path = _data_dir(self.data_dir) / path
+            wins = genome_windows(
+                read_genome(path),
+                self.window,
+                self.stride,
+                self.shifts,
+                self.soft_mask,
+                self.max_masked,
+                self.holdout_block,
+                (self.val_fraction, self.test_fraction),
+                self.split_seed,
+            )
+            out += [(w.seq, w.split) for w in wins]
+        return out
 
     def build(self) -> list[dict]:
         seqs, held_out = self._sequences()
@@ -256,10 +289,15 @@ class DNAPretrainDataModule(_DNAData):
                 if w not in seen:
                     seen.add(w)
                     wins.append(w)
+        fixed = [(w, sp) for w, sp in self._genome_windows() if w not in seen]
         if held_out:
             keep = ~shares_kmer(wins, held_out, self.split_k, self.split_strand)
-            self.n_dropped_overlap = int((~keep).sum())
+            keep_fixed = ~shares_kmer(
+                [w for w, _ in fixed], held_out, self.split_k, self.split_strand
+            )
+            self.n_dropped_overlap = int((~keep).sum() + (~keep_fixed).sum())
             wins = [w for w, ok in zip(wins, keep) if ok]
+            fixed = [f for f, ok in zip(fixed, keep_fixed) if ok]
             print(
                 f"DNAPretrainDataModule: dropped {self.n_dropped_overlap} window(s) sharing a "
                 f"{self.split_k}-mer with a task's val/test sequence",
@@ -272,12 +310,16 @@ class DNAPretrainDataModule(_DNAData):
         wins = [wins[i] for i in order]
         n_val = round(len(wins) * self.val_fraction)
         n_test = round(len(wins) * self.test_fraction)
-        self.tokenizer = self._make_tokenizer(wins[n_val + n_test :])
+        splits = ["val"] * n_val + ["test"] * n_test + ["train"] * (len(wins) - n_val - n_test)
+        # Genome windows keep their block split (a shifted window must not leak into val).
+        wins += [w for w, _ in fixed]
+        splits += [sp for _, sp in fixed]
+        self.tokenizer = self._make_tokenizer([w for w, sp in zip(wins, splits) if sp == "train"])
         self.vocab = self.tokenizer.vocab()
         examples = []
         rcs = self.tokenizer.encode_rc_batch(wins) if self.rc_augment else None
         for i, ids in enumerate(self.tokenizer.encode_batch(wins)):
-            split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+            split = splits[i]
             examples.append({"ids": [BOS, *ids.tolist(), EOS], "split": split})
             if rcs is not None and split == "train":
                 examples.append({"ids": [BOS, *rcs[i].tolist(), EOS], "split": "train"})
