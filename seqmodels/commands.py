@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-CORE_COMMANDS = ("run", "generate", "evaluate", "export")
+CORE_COMMANDS = ("run", "generate", "evaluate", "export", "scale", "data")
 PLUGIN_GROUP = "seqmodels.commands"
 # The recipe runner sets this so a stage run in a subprocess can hand back its metrics.
 RESULT_ENV = "SEQMODELS_RESULT"
@@ -45,6 +45,12 @@ EXAMPLES = {
         "   |   seqmodels evaluate --ckpt CKPT --config runs/q/train/config.yaml"
     ),
     "export": "seqmodels export --ckpt runs/q/train/checkpoints/last.ckpt --out exported/",
+    "scale": (
+        "seqmodels scale recipes/core/quickstart.yaml --stage train --sizes 32,48,64,96,160 "
+        "--tokens 2e5,4e5,8e5 --out runs/scale-dyck"
+    ),
+    "data list": "seqmodels data list",
+    "data fetch": "seqmodels data fetch mnist --to ~/seqmodels-data",
 }
 
 LIGHTNING_HELP = {
@@ -307,9 +313,81 @@ def build_parser(domains: bool = True) -> argparse.ArgumentParser:
     add_flag(p, "--out", required=True, help="output folder")
     p.set_defaults(func="seqmodels.cli.export:cmd_export")
 
+    _add_scale_command(sub)
+    _add_data_commands(sub)
+
     if domains:
         add_domain_commands(sub)
     return parser
+
+
+def _positive_ints(text: str) -> list[int]:
+    """'2e5,4e5' -> [200000, 400000] (sorted, distinct)."""
+    try:
+        values = [int(float(v)) for v in text.replace(",", " ").split()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") from err
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers: {text!r}")
+    return sorted(set(values))
+
+
+def _add_scale_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scale",
+        help="train a grid of model sizes x token budgets from a recipe's fit stage; fit L(N, D)",
+        description=(
+            "Each width d_model (depth and heads from the rule in seqmodels/scaling.py) is "
+            "trained on each token budget as a normal, resumable fit stage of the recipe "
+            "(OUT/runs/d<width>-t<tokens>/); then L(N, D) = E + A N^-alpha + B D^-beta is fitted "
+            "(bootstrap CIs), the largest width is predicted from the others, and OUT gets "
+            "scale.json, scale.png and report.md. A killed sweep resumes where it stopped."
+        ),
+        epilog=_epilog("scale"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", nargs="?", help="recipe YAML holding the training stage")
+    p.add_argument("--recipe", dest="recipe_flag", help="the same, as a flag (for recipe stages)")
+    p.add_argument("--stage", required=True, help="name of the recipe's fit stage to scale")
+    p.add_argument("--sizes", type=_positive_ints, required=True, help="widths, e.g. 32,48,64")
+    p.add_argument("--tokens", type=_positive_ints, required=True, help="budgets, e.g. 2e5,4e5")
+    add_flag(p, "--out", required=True, help="output folder")
+    add_flag(p, "--bootstrap", type=int, default=200, help="bootstrap rounds (default 200)")
+    p.set_defaults(func="seqmodels.scaling:cmd_scale")
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "data",
+        help="dataset manifests (data/*.yaml): list what is known and present; verified fetch",
+        description="Every data set a recipe names has a manifest in data/: URLs pinned to a "
+        "commit or release, sha256 or git blob hash, size, licence, citation, local layout.",
+    )
+    data = p.add_subparsers(dest="data_command", required=True, metavar="{list,fetch}")
+    ls = data.add_parser(
+        "list",
+        help="every manifest, and whether its files are under the data root",
+        epilog=_epilog("data list"),
+        formatter_class=raw,
+    )
+    ls.add_argument("--root", help="data root to check (default: SEQMODELS_DATA or ../shared/data)")
+    ls.set_defaults(func="seqmodels.datasets:cmd_list")
+    fe = data.add_parser(
+        "fetch",
+        help="download (resuming), verify and unpack one data set",
+        description="Downloads into TO/.downloads/NAME/ (a rerun resumes with Range requests), "
+        "verifies size and checksum, then unpacks to the layout recipes read. A mismatch is "
+        "reported by file name and nothing the user already had is replaced.",
+        epilog=_epilog("data fetch") + "\n  export SEQMODELS_DATA=~/seqmodels-data",
+        formatter_class=raw,
+    )
+    fe.add_argument("name", help="a name from `seqmodels data list`")
+    fe.add_argument("--to", help="data root to fill (default: SEQMODELS_DATA or ../shared/data)")
+    fe.add_argument("--quiet", action="store_true", help="no progress bars")
+    fe.set_defaults(func="seqmodels.datasets:cmd_fetch")
+    for q in (ls, fe):
+        q.add_argument("--manifests", help="folder of manifests (default: the repository's data/)")
 
 
 def find_command(

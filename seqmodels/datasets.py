@@ -28,14 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .commands import CLIError
 from .paths import REPO_ROOT, data_root
 
 MANIFEST_DIR = REPO_ROOT / "data"
 CHUNK = 1 << 16
 
 
-class DataError(Exception):
-    """A manifest or a download that cannot be used; the message names the file."""
+class DataError(CLIError):
+    """A manifest or a download that cannot be used; the message names the file (a CLIError:
+    one line and exit code 2 from the command line)."""
 
 
 @dataclass
@@ -432,34 +434,3 @@ def cmd_fetch(args: argparse.Namespace) -> dict:
     if res.failed:
         raise DataError(f"{m.name}: {len(res.failed)} of {len(m.files)} files failed (see above)")
     return {"fetched": len(res.fetched), "present": len(res.skipped)}
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """`seqmodels data list | fetch`."""
-    p = subparsers.add_parser(
-        "data",
-        help="dataset manifests: list what is known and present, fetch with verification",
-        description=__doc__.split("\n\n")[1],
-    )
-    sub = p.add_subparsers(dest="data_command", required=True, metavar="{list,fetch}")
-    ls = sub.add_parser(
-        "list",
-        help="every manifest, and whether its files are under the data root",
-        epilog="example:\n  seqmodels data list",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ls.add_argument("--root", help="data root to check (default: SEQMODELS_DATA or ../shared/data)")
-    ls.set_defaults(func=cmd_list)
-    fe = sub.add_parser(
-        "fetch",
-        help="download, resume, verify (sha256 / git blob) and unpack one data set",
-        epilog="example:\n  seqmodels data fetch mnist --to ~/seqmodels-data\n"
-        "  export SEQMODELS_DATA=~/seqmodels-data",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    fe.add_argument("name", help="a name from `seqmodels data list`")
-    fe.add_argument("--to", help="data root to fill (default: SEQMODELS_DATA or ../shared/data)")
-    fe.add_argument("--quiet", action="store_true", help="no progress bars")
-    fe.set_defaults(func=cmd_fetch)
-    for q in (ls, fe):
-        q.add_argument("--manifests", help="folder of manifests (default: the repository's data/)")

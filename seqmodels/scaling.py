@@ -428,35 +428,3 @@ def cmd_scale(args: argparse.Namespace) -> dict:
     if "extrapolation" in result:
         metrics["extrapolation/max_rel_error"] = result["extrapolation"]["max_rel_error"]
     return metrics
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(float(v)) for v in text.replace(",", " ").split()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") from err
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive numbers: {text!r}")
-    return sorted(set(values))
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """`seqmodels scale RECIPE --stage NAME --sizes ... --tokens ... --out DIR`."""
-    p = subparsers.add_parser(
-        "scale",
-        help="train a grid of sizes x token budgets from a recipe's fit stage; fit a scaling law",
-        description=__doc__.split("\n\n")[1],
-        epilog="example:\n  seqmodels scale recipes/core/quickstart.yaml --stage train "
-        "--sizes 32,48,64,96,128 --tokens 2e5,4e5,8e5 --out runs/scale-dyck",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("recipe", nargs="?", help="recipe YAML holding the training stage")
-    p.add_argument("--recipe", dest="recipe_flag", help="the same, as a flag (recipe stages)")
-    p.add_argument("--stage", required=True, help="name of the recipe's fit stage to scale")
-    p.add_argument("--sizes", type=_ints, required=True, help="widths d_model, e.g. 32,48,64,96")
-    p.add_argument("--tokens", type=_ints, required=True, help="token budgets, e.g. 2e5,4e5,8e5")
-    p.add_argument(
-        "--out", required=True, help="folder: runs/<size>-<tokens>/, scale.json, report.md"
-    )
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap rounds (default 200)")
-    p.set_defaults(func=cmd_scale)
