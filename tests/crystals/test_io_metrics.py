@@ -125,3 +125,17 @@ def test_slices_metrics_and_property_errors():
     assert M.reconstruction_rate([None, object()]) == 0.5
     err = M.property_errors(np.array([[1.0, 2.0]]), np.array([[2.0, 2.0]]), ["a", "b"])
     assert err == {"a_mae": 1.0, "a_mape": 50.0, "b_mae": 0.0, "b_mape": 0.0}
+
+
+def test_properties_are_measured_on_structures_and_proxies_are_named(rocksalt, perovskite):
+    from domains.crystals.evaluate import property_metrics, string_uniqueness
+
+    targets = [[rocksalt.density, 1.0], [perovskite.density + 1.0, 2.0]]
+    predicted = [[0.0, 1.5], [0.0, 2.5]]  # a string model's guesses: never used for density
+    m, used = property_metrics([rocksalt, perovskite], targets, ["density", "band_gap"], predicted)
+    assert m["density_mae"] == pytest.approx(0.5)
+    assert m["predictor/band_gap_mae"] == pytest.approx(0.5) and "band_gap_mae" not in m
+    assert used[0][0] == pytest.approx(rocksalt.density)
+    nacl = "Na Cl 0 1 ooo 0 1 +oo 0 1 o+o 0 1 oo+"
+    same = "Na Cl 0 1 oo+ 0 1 o+o 1 0 -oo 0 1 ooo"  # the same graph, spelled differently
+    assert string_uniqueness([nacl, same]) == 0.5
