@@ -1,7 +1,7 @@
 """One cell and a set of equivalent frames per crystal, so that the SLICES string does not
 depend on the cell, basis, origin or rounding a file happens to use.
 
-The crystal is reduced to its primitive cell (pymatgen, 0.25 A tolerance: supercells and
+The crystal is reduced to its primitive cell (pymatgen, 0.05 A tolerance: supercells and
 conventional cells collapse), Niggli-reduced (pymatgen), and then every basis of that lattice
 whose vectors have the three Niggli lengths (the successive minima, a lattice invariant) is a
 candidate frame, as is every atom of the rarest element as the origin. The encoder writes
@@ -24,7 +24,8 @@ from domains.crystals.canonical import element_key
 
 WRAP_SHIFT = 0.0379  # no special position (k/2, k/3, k/4, k/6, k/8, k/12, k/24) is this close
 LENGTH_RTOL = 2e-3  # equal lattice vector lengths (CIF rounding is ~1e-5 relative)
-PRIMITIVE_TOL = 0.25  # A, pymatgen's default site tolerance for finding the primitive cell
+PRIMITIVE_TOL = 0.05  # A; pymatgen defaults to 0.25, which would also fold genuinely
+# distorted supercells (displacements of ~0.1 A) into a smaller cell; rounding noise is ~1e-4 A
 _COEFFS = np.array(list(itertools.product(range(-2, 3), repeat=3)), dtype=np.int64)
 
 
