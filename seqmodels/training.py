@@ -5,6 +5,7 @@ through `ExactResume`."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import defaultdict
 from typing import Any
@@ -141,6 +142,8 @@ class _Optimised(ExactResume):
 
     def total_steps(self) -> int:
         """Optimiser steps of this fit: max_steps, or the trainer's estimate (epochs)."""
+        if not self.hparams.max_steps and self._trainer is None:
+            return 0
         total = self.hparams.max_steps or self.trainer.estimated_stepping_batches
         return int(total) if math.isfinite(total) else 0
 
@@ -179,11 +182,10 @@ def load_pretrained_model(path: str) -> tuple[SeqModel, Vocab | None]:
     cls = ckpt.get("seqmodels_class", "")
     if not cls.endswith(".SeqLM"):
         raise ValueError(f"{path}: a pretrained backbone must be a SeqLM checkpoint, not {cls!r}")
-    hp = ckpt["hyper_parameters"]
-    model = SeqModel(ModelConfig.from_dict(hp))
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items()}
-    model.load_state_dict(state)
-    return model, Vocab.from_dict(hp["vocab"]) if hp.get("vocab") else None
+    # Built through SeqLM, so the model is configured exactly as the pretraining built it.
+    lm = SeqLM(**SeqLM.hparams_for_load(ckpt))
+    lm.load_state_dict(ckpt["state_dict"])
+    return lm.model, lm.vocab
 
 
 # ------------------------------------------------------------------------- pretraining
@@ -385,12 +387,6 @@ TASK_KINDS = (
     "dense_binary",
 )
 ATTENTIONS = ("bidirectional", "causal", "prefix")
-# SeqLM arguments that are about training, not the model: accepted in backbone_config
-# (a SeqLM config can be reused as is) and ignored.
-_TRAINING_KEYS = {
-    "objective", "lr", "weight_decay", "betas", "warmup_steps", "max_steps",
-    "min_lr_ratio", "seed", "init_from", "vocab",
-}  # fmt: skip
 
 
 class FinetuneModule(_Optimised):
@@ -456,7 +452,10 @@ class FinetuneModule(_Optimised):
         if pretrained:
             self.lm, _ = load_pretrained_model(pretrained)
         elif backbone_config:
-            unknown = set(backbone_config) - {*ModelConfig.__dataclass_fields__, *_TRAINING_KEYS}
+            # SeqLM's arguments are accepted (a SeqLM config reused as is); those about
+            # training, not the model, are ignored.
+            known = {*ModelConfig.__dataclass_fields__, *inspect.signature(SeqLM).parameters}
+            unknown = set(backbone_config) - known
             if unknown:
                 raise ValueError(f"backbone_config: unknown keys {sorted(unknown)}")
             if backbone_config.get("vocab_size") or backbone_config.get("d_input"):
