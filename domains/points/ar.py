@@ -11,7 +11,9 @@ class with probability `cond_dropout` in training, and at sampling
 logits = uncond + guidance * (cond - uncond).
 
 The tokenizer is loaded from its checkpoint, frozen, and kept inside this module, so an
-AR checkpoint alone generates point clouds.
+AR checkpoint alone generates point clouds. Training data: the core TokenizedDataModule
+over `PointTokenSource` (tokens and next-scale inputs encoded once, cached), or raw
+clouds (encoded per batch).
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ def load_ar(path: str) -> CrossScaleAR:
 
 
 def load_tokenizer(path: str) -> PointTokenizer:
-    from seqmodels.checkpoint import load_checkpoint
+    from seqmodels.checkpoint import load_module
 
-    ckpt = load_checkpoint(path)
-    tok = PointTokenizer(**ckpt["hyper_parameters"])
-    tok.load_state_dict(ckpt["state_dict"])
-    return tok.eval()
+    tok = load_module(path)
+    if not isinstance(tok, PointTokenizer):
+        raise ValueError(f"{path}: a {type(tok).__name__}, not a PointTokenizer checkpoint")
+    return tok
 
 
 class CrossScaleAR(_Optimised):
@@ -120,13 +122,15 @@ class CrossScaleAR(_Optimised):
         return self.head(self.norm(h[:, 1:]))
 
     def _loss(self, batch: dict, split: str) -> torch.Tensor:
-        ids = self.tok.encode(batch["points"])
+        if "ids" in batch:  # from the core TokenizedDataModule: encoded once, cached
+            ids, inputs = batch["ids"], batch["x"]
+        else:  # raw clouds: encode on the fly
+            ids = self.tok.encode(batch["points"])
+            inputs = self.tok.quantizer.next_scale_inputs(ids)
         labels = batch["label"].long()
         if split == "train" and self.hparams.cond_dropout > 0:
             drop = torch.rand(len(labels), generator=self.gen) < self.hparams.cond_dropout
             labels = torch.where(drop.to(labels.device), self.null_class, labels)
-        with torch.no_grad():
-            inputs = self.tok.quantizer.next_scale_inputs(ids)
         logits = self.logits(inputs, labels)
         loss = F.cross_entropy(logits.flatten(0, 1), ids.flatten())
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=len(ids))

@@ -107,32 +107,67 @@ def cmd_decode(args) -> dict:
     return {"shapes": len(clouds)}
 
 
+def _load_generator(path: str):
+    """(kind, model, class names, raster resolution) of a CrossScaleAR or raster SeqLM."""
+    from seqmodels.checkpoint import load_checkpoint, load_module
+
+    from .ar import load_ar
+    from .data import source_classes
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("seqmodels_class", "").endswith("CrossScaleAR"):
+        ar = load_ar(path)
+        return "cross_scale", ar, ar.classes, None
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    if "resolution" not in dm:
+        raise _err(f"{path}: neither a CrossScaleAR nor a raster SeqLM (RasterDataModule) model")
+    model = load_module(path)
+    return "raster", model, list(source_classes(dm["source"], dm.get("classes"))), dm["resolution"]
+
+
 def cmd_generate(args) -> dict:
     import time
 
-    from .ar import load_ar
     from .evaluate import generate_clouds
     from .io import write_ply
+    from .raster import generate_raster
+    from .render import render_grid
 
-    ar = load_ar(args.model)
-    classes = args.classes or ar.classes
-    unknown = [c for c in classes if c not in ar.classes]
+    kind, model, known, resolution = _load_generator(args.model)
+    classes = args.classes or known
+    unknown = [c for c in classes if c not in known]
     if unknown:
-        raise _err(f"classes {unknown} unknown to the model (it knows {ar.classes})")
-    labels = [ar.classes.index(c) for c in classes for _ in range(args.n)]
+        raise _err(f"classes {unknown} unknown to the model (it knows {known})")
+    labels = [known.index(c) for c in classes for _ in range(args.n)]
     t0 = time.time()
-    clouds, ids = generate_clouds(
-        ar,
-        labels,
-        args.n_points,
-        args.guidance,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.seed,
-        args.batch_size,
-        progress=True,
-    )
+    if kind == "cross_scale":
+        clouds, ids = generate_clouds(
+            model,
+            labels,
+            args.n_points,
+            args.guidance,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            args.batch_size,
+            progress=True,
+        )
+    else:
+        clouds = generate_raster(
+            model,
+            labels,
+            len(known),
+            resolution,
+            args.n_points,
+            args.guidance,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            args.batch_size,
+        )
+        ids = np.zeros((len(clouds), 0), np.int64)
     dt = time.time() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,17 +176,15 @@ def cmd_generate(args) -> dict:
         points=clouds,
         ids=ids,
         labels=np.array(labels),
-        classes=np.array(ar.classes),
+        classes=np.array(known),
     )
     for i, (pts, lab) in enumerate(zip(clouds, labels)):
-        write_ply(out / "ply" / f"{ar.classes[lab]}_{i:04d}.ply", pts)
-    from .render import render_grid
-
-    rows = [(c, [p for p, lab in zip(clouds, labels) if ar.classes[lab] == c][:8]) for c in classes]
+        write_ply(out / "ply" / f"{known[lab]}_{i:04d}.ply", pts)
+    rows = [(c, [p for p, lab in zip(clouds, labels) if known[lab] == c][:8]) for c in classes]
     render_grid(rows, out / "generated.png")
     metrics = {"shapes": len(clouds), "shapes_per_s": len(clouds) / dt}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"{len(clouds)} shapes in {dt:.1f} s -> {out}")
+    print(f"{len(clouds)} shapes ({kind}) in {dt:.1f} s -> {out}")
     return metrics
 
 
@@ -264,7 +297,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_decode)
 
     p = leaf("generate", "sample shapes scale by scale from a cross-scale AR model")
-    add_flag(p, "--model", required=True, help="CrossScaleAR checkpoint")
+    add_flag(p, "--model", required=True, help="CrossScaleAR or raster SeqLM checkpoint")
     add_flag(p, "--classes", nargs="+", default=None, help="class names (default: all)")
     add_flag(p, "--n", type=int, default=100, help="shapes per class (default 100)")
     add_flag(p, "--guidance", type=float, default=1.0, help="classifier-free guidance scale")

@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seqmodels.data import TokenDataModule
 from seqmodels.paths import data_path
 
 from .io import read_shapes
@@ -48,6 +49,13 @@ class PointSet:
         keep = self.labels == self.classes.index(name)
         names = [n for n, k in zip(self.names, keep) if k]
         return PointSet(self.points[keep], self.labels[keep], self.classes, names)
+
+
+def source_classes(source: str, classes=None) -> tuple[str, ...]:
+    """The class names a source yields (given ones, or the source's defaults)."""
+    if classes:
+        return tuple(classes)
+    return SYNTHETIC_CLASSES if source == "synthetic" else MODELNET_CLASSES
 
 
 def modelnet10_folder(cls: str) -> Path:
@@ -190,3 +198,40 @@ class PointCloudDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Clouds(self.sets["val"]), self.hparams.batch_size)
+
+
+class PointTokenSource(TokenDataModule):
+    """The same shapes as examples {"x": (N, 3) points, "label", "split"} for the core
+    `TokenizedDataModule` (tokens encoded once by a trained tokenizer and cached); its
+    batches carry the clouds as `points` too, which `PointTokenizer.encode` reads."""
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        classes: list[str] | None = None,
+        n_points: int = 1024,
+        n_synthetic: int = 100,
+        **kwargs,
+    ):
+        kwargs.setdefault("val_fraction", 0.0)
+        kwargs.setdefault("test_fraction", 0.0)
+        super().__init__(**kwargs)
+        self.source, self.classes = source, tuple(classes) if classes else None
+        self.n_points, self.n_synthetic = n_points, n_synthetic
+
+    def build(self) -> list[dict]:
+        examples = []
+        for split in ("train", "val"):
+            ps = load_source(
+                self.source, split, self.classes, self.n_points, self.n_synthetic, self.seed
+            )
+            examples += [
+                {"x": torch.from_numpy(p), "label": int(k), "split": split}
+                for p, k in zip(ps.points, ps.labels)
+            ]
+        return examples
+
+    def collate(self, examples) -> dict:
+        batch = super().collate(examples)
+        batch["points"] = batch["x"]
+        return batch

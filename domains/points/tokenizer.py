@@ -16,7 +16,8 @@ decode: the cumulative code after level s (VAR's f_hat, at the finest level's to
   each query independent, so any M can be decoded) that map to surface points.
 
 Loss: Chamfer distance (PointFlow's definition, metrics.py) between the decoded set and
-the input at one random level per shape + the quantiser's auxiliary term. We chose points
+the whole input at one random level per shape (in training the encoder reads a random
+`train_points` subset and `train_points` points are decoded) + the quantiser's auxiliary term. We chose points
 with a Chamfer loss over an occupancy field because the training data are surface samples
 (the ModelNet clouds have no inside / outside labels and many meshes are not watertight),
 and Chamfer is also what the evaluation measures. Training every level makes every prefix
@@ -30,8 +31,8 @@ from torch import nn
 
 from seqmodels.backbones.attention import AttentionSpec
 from seqmodels.blocks import FourierFeatures, QueryDecoder, QueryEncoder
-from seqmodels.quantizers import MultiScaleQuantizer, ParentResampler, codebook_metrics
-from seqmodels.training import _Optimised
+from seqmodels.quantizers import MultiScaleQuantizer, ParentResampler
+from seqmodels.tokenizer import Tokenizer
 
 from .metrics import chamfer_distance
 
@@ -57,8 +58,9 @@ def sphere_seeds(batch: int, n: int, generator: torch.Generator | None = None) -
     return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
-class PointTokenizer(_Optimised):
-    """Point sets (B, N, 3) <-> token ids (B, sum(scales)), coarse levels first."""
+class PointTokenizer(Tokenizer):
+    """Point sets (B, N, 3) <-> token ids (B, sum(scales)), coarse levels first; the core
+    `Tokenizer` contract (loss / encode / decode, `scales`, `quantizer`, exact resume)."""
 
     def __init__(
         self,
@@ -71,21 +73,14 @@ class PointTokenizer(_Optimised):
         quantizer: dict | None = None,
         train_points: int = 512,
         aux_weight: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 50,
-        max_steps: int = 1000,
-        min_lr_ratio: float = 0.1,
-        seed: int = 0,
+        **kwargs,
     ):
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         sizes = [int(n) for n in scales]
         for a, b in zip(sizes, sizes[1:]):
             if b < a:
                 raise ValueError(f"scales must not shrink, got {sizes}")
-        self.sizes = sizes
+        self.scales = sizes
         d = d_model
         self.fourier = FourierFeatures(3, n_freqs)
         self.point_mlp = nn.Sequential(
@@ -101,14 +96,14 @@ class PointTokenizer(_Optimised):
             resampler=ParentResampler(sizes, parent_tree(sizes)),
         )
         self.decoder = QueryDecoder(d, 3, 3, n_heads, decoder_layers, n_freqs)
-        self.gen = torch.Generator().manual_seed(seed)
 
-    def resume_generators(self) -> dict[str, torch.Generator]:
-        return {"tokenizer": self.gen}
+    @property
+    def sizes(self) -> list[int]:
+        return self.scales
 
     @property
     def n_tokens(self) -> int:
-        return sum(self.sizes)
+        return sum(self.scales)
 
     @property
     def codebook_size(self) -> int:
@@ -119,12 +114,14 @@ class PointTokenizer(_Optimised):
         """Per-level query features [(B, n_s, d)] of clouds (B, N, 3)."""
         context = self.point_mlp(self.fourier(points))
         h = self.encoder(context, mask=self.encoder_mask)
-        return list(h.split(self.sizes, dim=1))
+        return list(h.split(self.scales, dim=1))
 
     @torch.no_grad()
-    def encode(self, points: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, sum(scales)), level 0 first."""
-        _, ids, _ = self.quantizer.quantize_scales(self.features(points))
+    def encode(self, batch: dict | torch.Tensor) -> torch.Tensor:
+        """Token ids (B, sum(scales)), level 0 first, of a batch {"points": (B, N, 3)}
+        (or the clouds themselves)."""
+        points = batch["points"] if isinstance(batch, dict) else batch
+        _, ids, _ = self.quantizer.quantize_scales(self.features(points.to(self.device)))
         return ids
 
     def decode_codes(self, f_hat: torch.Tensor, n_points: int, seeds=None, generator=None):
@@ -138,39 +135,36 @@ class PointTokenizer(_Optimised):
         """Clouds (B, n_points, 3) from the ids of the first `levels` levels (all by default;
         `ids` may hold just those levels)."""
         k = levels or len(self.quantizer.split(ids))
-        ids = ids[:, : self.quantizer.starts[k]]
+        ids = ids[:, : self.quantizer.starts[k]].to(self.device)
         f_hat = self.quantizer.indices_to_codes(ids)
         g = torch.Generator().manual_seed(seed)
         return self.decode_codes(f_hat, n_points, generator=g)
 
     # ------------------------------------------------------------------ training
-    def _loss(self, points: torch.Tensor, split: str) -> torch.Tensor:
-        cumulative, ids, aux = self.quantizer.quantize_scales(self.features(points))
-        B, S = len(points), len(self.sizes)
-        if split == "train":
-            level = torch.randint(0, S, (B,), generator=self.gen).to(points.device)
+    def loss(self, batch: dict, generator: torch.Generator | None = None):
+        """Training: Chamfer at one random level per shape (train_points decoded);
+        evaluation: the mean over every level at the input's size, each level logged."""
+        points = batch["points"]
+        B, S = len(points), len(self.scales)
+        seen = points
+        if self.training and points.shape[1] > self.hparams.train_points:
+            # the encoder reads a random subset (a set function: density-robust, and cheaper)
+            keep = torch.rand(B, points.shape[1], generator=generator).argsort(dim=1)
+            keep = keep[:, : self.hparams.train_points].to(points.device)
+            seen = points.gather(1, keep[..., None].expand(-1, -1, 3))
+        cumulative, ids, aux = self.quantizer.quantize_scales(self.features(seen))
+        logs = {}
+        if self.training:
+            level = torch.randint(0, S, (B,), generator=generator).to(points.device)
             f_hat = torch.stack(cumulative)[level, torch.arange(B, device=points.device)]
-            seeds = sphere_seeds(B, self.hparams.train_points, self.gen)
+            seeds = sphere_seeds(B, self.hparams.train_points, generator)
             cd = chamfer_distance(self.decode_codes(f_hat, 0, seeds), points).mean()
-        else:  # every level, with fixed seeds: the per-level reconstruction curve
-            g = torch.Generator().manual_seed(0)
-            seeds = sphere_seeds(B, points.shape[1], g)
+        else:  # every level, same seeds: the per-level reconstruction curve
+            seeds = sphere_seeds(B, points.shape[1], generator)
             per_level = [
                 chamfer_distance(self.decode_codes(f, 0, seeds), points).mean() for f in cumulative
             ]
-            for s, v in enumerate(per_level):
-                self.log(f"{split}/chamfer_level{s}", v, batch_size=B)
+            logs = {f"chamfer_level{s}": v for s, v in enumerate(per_level)}
             cd = torch.stack(per_level).mean()
-        loss = cd + self.hparams.aux_weight * aux
-        stats = codebook_metrics(ids, self.codebook_size)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=B)
-        self.log(f"{split}/chamfer", cd, batch_size=B)
-        self.log(f"{split}/usage", stats["usage"], batch_size=B)
-        self.log(f"{split}/perplexity", stats["perplexity"], batch_size=B)
-        return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._loss(batch["points"], "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._loss(batch["points"], "val")
+        logs["chamfer"] = cd
+        return cd + self.hparams.aux_weight * aux, logs, ids
