@@ -87,3 +87,25 @@ def test_baselines_cli_reports_both_splits(tmp_path):
     (task,) = load_tasks([{"name": "t", "synthetic": "tata", "n": 60, "length": 60}])
     with pytest.raises(ValueError, match="unknown baseline"):
         run_baselines(task, ["nope"])
+
+
+def test_compare_puts_baselines_of_the_models_split_beside_them(tmp_path):
+    def write(folder, metrics):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(metrics))
+
+    def m(acc, mcc):
+        return {"accuracy": acc, "mcc": mcc, "f1": acc, "n": 10, "split_method": "overlap"}
+
+    write("mt", {"a": m(0.9, 0.8), "macro": {}})
+    write("st", {"a": m(0.8, 0.6), "macro": {}})
+    write(
+        "bl",
+        {"overlap": {"a": {"kmer_lr": m(0.7, 0.4)}}, "random": {"a": {"kmer_lr": m(0.99, 0.98)}}},
+    )
+    out = tmp_path / "cmp"
+    args = ["dna", "compare", "--multitask", str(tmp_path / "mt"), "--single", str(tmp_path / "st")]
+    assert main([*args, "--baselines", str(tmp_path / "bl"), "--out", str(out)]) in (0, None)
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["kmer_lr"]["a"]["accuracy"] == 0.7  # the overlap split's, not the random one
+    assert "kmer_lr" in (out / "table.md").read_text()
