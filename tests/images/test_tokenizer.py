@@ -1,0 +1,82 @@
+"""The FlexTok-style tokenizer: prefix-causal encoding, nested-dropout decoding, the grid
+comparison, the flow decoder, and a few training steps beating the mean image."""
+
+import pytest
+import torch
+
+from domains.images.splits import load_split
+from domains.images.tokenizer import ImageTokenizer
+
+
+def _tok(**kw):
+    torch.manual_seed(0)
+    args = dict(
+        image_size=8,
+        patch_size=2,
+        n_tokens=16,
+        levels=(5, 5, 5),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        n_heads=2,
+    )
+    return ImageTokenizer(**{**args, **kw}).eval()
+
+
+def test_register_i_sees_only_earlier_registers():
+    tok = _tok()
+    x = torch.rand(4, 1, 8, 8)
+    ids = tok.encode({"image": x})
+    assert ids.shape == (4, 16) and ids.min() >= 0 and ids.max() < tok.codebook_size
+    with torch.no_grad():
+        tok.embed.registers[8:] += 5.0  # change registers after the 8th
+    after = tok.encode({"image": x})
+    assert torch.equal(after[:, :8], ids[:, :8])
+    assert not torch.equal(after[:, 8:], ids[:, 8:])
+
+
+def test_decode_uses_only_the_first_k_ids():
+    tok = _tok()
+    ids = tok.encode({"image": torch.rand(3, 1, 8, 8)})
+    a = tok.decode(ids[:, :4])
+    other = ids.clone()
+    other[:, 4:] = (other[:, 4:] + 7) % tok.codebook_size
+    assert a.shape == (3, 1, 8, 8) and a.min() >= 0 and a.max() <= 1
+    assert torch.allclose(a, tok.decode(other[:, :4]))
+    assert not torch.allclose(a, tok.decode(ids[:, :5]))
+    with pytest.raises(ValueError, match="1..16 ids"):
+        tok.decode(ids[:, :0])
+
+
+def test_grid_layout_has_one_token_per_patch():
+    assert _tok(layout="grid").encode({"image": torch.rand(2, 1, 8, 8)}).shape == (2, 16)
+    with pytest.raises(ValueError, match="n_tokens must be 16"):
+        _tok(layout="grid", n_tokens=8)
+
+
+def test_flow_decoder_is_seeded_and_bounded():
+    tok = _tok(decoder="flow", flow_steps=3)
+    ids = tok.encode({"image": torch.rand(2, 1, 8, 8)})
+    a = tok.decode(ids, generator=torch.Generator().manual_seed(1))
+    b = tok.decode(ids, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    loss, logs, _ = tok.train().loss({"image": torch.rand(4, 1, 8, 8)})
+    assert "flow_mse" in logs and loss.requires_grad
+
+
+def test_training_beats_the_mean_image_and_uses_the_codebook():
+    x = torch.from_numpy(load_split("digits", "train").images)
+    tok = _tok().train()
+    opt = torch.optim.Adam(tok.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(len(x), (64,), generator=g)
+        loss, _, ids = tok.loss({"image": x[idx]}, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mean_mse = ((x - x.mean(0)) ** 2).mean()
+    tok.eval()
+    full = ((tok.reconstruct(x[:256], 16) - x[:256]) ** 2).mean()
+    assert full < 0.8 * mean_mse
+    assert ids.unique().numel() > 20
