@@ -130,7 +130,15 @@ def collate(examples: Sequence[dict], pad_id: int = 0) -> dict:
     if "task" in examples[0]:
         batch["task"] = torch.tensor([e["task"] for e in examples], dtype=torch.long)
     if "label" in examples[0]:
-        batch["label"] = torch.tensor([e["label"] for e in examples])
+        labels = [e["label"] for e in examples]
+        if isinstance(labels[0], list | tuple) and len({len(y) for y in labels}) > 1:
+            # Per-position labels (dense tasks) of sequences of different lengths.
+            batch["label"] = pad_sequences([torch.as_tensor(y) for y in labels], 0)
+        else:
+            batch["label"] = torch.tensor(labels)
+    if "label_mask" in examples[0]:
+        lm = [torch.as_tensor(e["label_mask"]) for e in examples]
+        batch["label_mask"] = pad_sequences(lm, 0)
     return batch
 
 

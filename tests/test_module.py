@@ -4,6 +4,7 @@ import torch
 
 from seqmodels.checkpoint import load_module
 from seqmodels.data import ExamplesDataModule, ResumableBatchSampler
+from seqmodels.objectives import Objective
 from seqmodels.sampling import generate
 from seqmodels.training import FinetuneModule, SeqLM
 from seqmodels.vocab import Vocab
@@ -37,23 +38,28 @@ def test_conditioned_lm_learns_the_toy_language(toy_vocab):
 def test_finetune_several_tasks_with_metrics(toy_vocab, tmp_path):
     pl.seed_everything(0)
     ex = cyclic_examples(toy_vocab, 200)
-    for i, e in enumerate(ex):  # task 0: start letter parity; task 1: length regression
+    # task 0: does the string start with 'a' (else 'c')? task 1: its length / 10
+    for i, e in enumerate(ex):
         e["task"] = i % 2
-        e["label"] = float(i % 4 % 2) if i % 2 == 0 else float(len(e["ids"])) / 10
-    ex = [dict(e, label=int(e["label"]) if e["task"] == 0 else e["label"]) for e in ex]
+        e["label"] = int(i % 4 == 0) if i % 2 == 0 else len(e["ids"]) / 10
     dm = ExamplesDataModule(ex, toy_vocab, batch_size=16)
     tasks = [
-        {"name": "parity", "kind": "classification", "n_outputs": 2},
+        {"name": "starts_a", "kind": "classification", "n_outputs": 2},
         {"name": "length", "kind": "regression", "n_outputs": 1},
     ]
     ft = FinetuneModule(
-        tasks=tasks, backbone_config={"d_model": 32, "n_layers": 1, "n_heads": 4, "max_len": 32}
+        tasks=tasks,
+        backbone_config={"d_model": 32, "n_layers": 1, "n_heads": 4, "max_len": 32},
+        lr=3e-3,
+        warmup_steps=5,
     )
-    trainer = _trainer(60)
+    trainer = _trainer(240)
     trainer.fit(ft, dm)
     m = trainer.callback_metrics
-    for key in ("val/parity/acc", "val/parity/mcc", "val/parity/f1", "val/length/mae"):
-        assert key in m
+    assert m["val/starts_a/acc"] > 0.95 and m["val/starts_a/mcc"] > 0.9  # chance: 0.5, 0
+    lengths = torch.tensor([e["label"] for e in dm.splits["val"] if e["task"] == 1])
+    baseline = (lengths - lengths.mean()).abs().mean()  # predicting the mean length
+    assert m["val/length/mae"] < 0.5 * baseline
     trainer.save_checkpoint(tmp_path / "ft.ckpt")
     again = load_module(tmp_path / "ft.ckpt")
     batch = dm.collate(dm.splits["val"][:4])
@@ -103,3 +109,155 @@ def test_sampler_shards_resumes_and_buckets():
         for b in ResumableBatchSampler(100, 10, lengths=lengths)
     ]
     assert max(spread) == 9  # sorted within the window: each batch is 10 consecutive lengths
+
+
+def _old_layout(path, cls: str, strip_model_prefix: bool) -> None:
+    """Rewrite a checkpoint as seqmodels.module (before the model/training split) saved it:
+    its class path, SeqLM's layers at the top level, one CPU RNG state."""
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["seqmodels_class"] = cls
+    if strip_model_prefix:
+        ckpt["state_dict"] = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    rank0 = ckpt["seqmodels_rng"]["per_rank"][0]
+    ckpt["seqmodels_rng"] = {
+        "objective": rank0["generators"].get("objective"),
+        "torch": rank0["torch"],
+    }
+    torch.save(ckpt, path)
+
+
+def test_checkpoints_of_the_old_layout_still_load(toy_vocab, tmp_path):
+    pl.seed_everything(0)
+    dm = ExamplesDataModule(cyclic_examples(toy_vocab, 40, cond=True), toy_vocab, batch_size=8)
+    lm = SeqLM(d_model=16, n_layers=1, n_heads=2, max_len=32, warmup_steps=1)
+    trainer = _trainer(2)
+    trainer.fit(lm, dm)
+    old = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(old)
+    _old_layout(old, "seqmodels.module.SeqLM", strip_model_prefix=True)
+    assert "embed.weight" in torch.load(old, weights_only=True)["state_dict"]
+    batch = dm.collate(dm.splits["val"][:4])
+    lm.eval()
+    expected = lm(ids=batch["ids"], cond=batch["cond"])
+    again = load_module(old)
+    assert type(again) is SeqLM
+    torch.testing.assert_close(again(ids=batch["ids"], cond=batch["cond"]), expected)
+    # init_from and resuming training (Lightning's own checkpoint reader) accept it too.
+    grown = SeqLM(d_model=16, n_layers=1, n_heads=2, max_len=32, init_from=str(old))
+    _trainer(0).fit(grown, dm)
+    torch.testing.assert_close(grown.eval()(ids=batch["ids"], cond=batch["cond"]), expected)
+    resumed = SeqLM(d_model=16, n_layers=1, n_heads=2, max_len=32, warmup_steps=1)
+    t = _trainer(3)
+    t.fit(resumed, dm, ckpt_path=str(old))
+    assert t.global_step == 3
+
+    # A FinetuneModule of the old layout: pooling "last" ran the backbone causally.
+    ft = FinetuneModule(
+        tasks=[{"name": "p", "kind": "classification"}],
+        pretrained=str(old),
+        pooling="last",
+        attention="causal",
+    )
+    trainer = _trainer(1)
+    trainer.fit(ft, dm)
+    ft_path = tmp_path / "old_ft.ckpt"
+    trainer.save_checkpoint(ft_path)
+    ckpt = torch.load(ft_path, weights_only=True)
+    del ckpt["hyper_parameters"]["attention"], ckpt["state_dict"]["default_cond"]
+    ckpt["seqmodels_backbone"] = dict(lm.hparams)  # the old format stored SeqLM's arguments
+    torch.save(ckpt, ft_path)
+    _old_layout(ft_path, "seqmodels.module.FinetuneModule", strip_model_prefix=False)
+    again = load_module(ft_path)
+    assert again.hparams.attention == "causal"
+    nocond = {k: v for k, v in batch.items() if k != "cond"}
+    ft.default_cond.data.zero_()  # what the old module would have needed: zeros
+    torch.testing.assert_close(again(nocond)["p"][1], ft.eval()(nocond)["p"][1])
+
+
+def _mamba_init_error(mixer, dt_min: float = 1e-3, dt_max: float = 0.1) -> str | None:
+    """Does a mixer carry mamba-ssm's initialisation? dt = softplus(dt_proj.bias) is
+    log-uniform in [dt_min, dt_max]; dt_proj.weight uniform in +-dt_rank**-0.5; A = 1..N
+    (A_log = log A); D = 1. Kolmogorov-Smirnov distances against the uniform laws."""
+    import math
+
+    def ks_uniform(x: torch.Tensor, lo: float, hi: float) -> float:
+        u = ((x.double().flatten().sort().values - lo) / (hi - lo)).clamp(0, 1)
+        n = len(u)
+        grid = torch.arange(1, n + 1, dtype=torch.double) / n
+        return float(torch.maximum(grid - u, u - (grid - 1 / n)).max())
+
+    log_dt = torch.log(torch.nn.functional.softplus(mixer.dt_proj.bias.detach()))
+    d = ks_uniform(log_dt, math.log(dt_min), math.log(dt_max))
+    if d > 1.95 / math.sqrt(log_dt.numel()):  # KS critical value, alpha = 0.001
+        return f"log dt not uniform in [log {dt_min}, log {dt_max}] (KS {d:.3f})"
+    bound = mixer.dt_rank**-0.5
+    w = mixer.dt_proj.weight.detach()
+    d = ks_uniform(w, -bound, bound)
+    if w.abs().max() > bound or d > 1.95 / math.sqrt(w.numel()):
+        return f"dt_proj.weight not uniform in +-{bound:.3f} (KS {d:.3f})"
+    a = torch.arange(1, mixer.d_state + 1, dtype=torch.float32).expand_as(mixer.A_log)
+    if not torch.allclose(mixer.A_log.detach(), torch.log(a)):
+        return "A_log is not log(1..N)"
+    if not torch.equal(mixer.D.detach(), torch.ones_like(mixer.D)):
+        return "D is not 1"
+    return None
+
+
+def test_mamba_built_through_seqlm_keeps_mamba_ssm_init():
+    lm = SeqLM(d_input=8, backbone="mamba", d_model=64, n_layers=2)
+    mixers = [layer.mixer for layer in lm.backbone.layers]
+    for m in mixers:
+        assert _mamba_init_error(m) is None, _mamba_init_error(m)
+    # The check itself fails on a generic re-initialisation (normal(0.02), zero bias) ...
+    from seqmodels.model import init_normal
+
+    generic = SeqLM(d_input=8, backbone="mamba", d_model=64, n_layers=1)
+    mixer = generic.backbone.layers[0].mixer
+    torch.nn.init.normal_(mixer.dt_proj.weight, std=0.02)
+    torch.nn.init.zeros_(mixer.dt_proj.bias)
+    assert "log dt" in _mamba_init_error(mixer)
+    # ... and on a dt_proj that keeps the dt range but not its log-uniform spread.
+    mixer = SeqLM(d_input=8, backbone="mamba", d_model=64, n_layers=1).backbone.layers[0].mixer
+    dt = torch.linspace(1e-3, 0.1, mixer.d_inner)
+    mixer.dt_proj.bias.data = dt + torch.log(-torch.expm1(-dt))
+    assert "log dt" in _mamba_init_error(mixer)
+    mixer = SeqLM(d_input=8, backbone="mamba", d_model=64, n_layers=1).backbone.layers[0].mixer
+    mixer.apply(init_normal)
+    torch.nn.init.normal_(mixer.dt_proj.weight, std=0.02)
+    assert "dt_proj.weight" in _mamba_init_error(mixer)
+
+
+class _Recorded(Objective):
+    """Delegates to an objective and records the training progress it was given."""
+
+    def __init__(self, inner: Objective):
+        self.inner, self.name, self.seen = inner, inner.name, []
+
+    def __call__(self, batch, generator=None, progress=0.0):
+        self.seen.append(progress)
+        return self.inner(batch, generator, progress)
+
+
+def test_mixture_progress_reaches_one_in_an_epoch_based_run(toy_vocab):
+    pl.seed_everything(0)
+    dm = ExamplesDataModule(cyclic_examples(toy_vocab, 100), toy_vocab, batch_size=16)
+    schedule = {"next_token": [[0, 1], [1, 0]], "random_token": [[0, 0], [1, 1]]}
+    model = SeqLM(
+        d_model=16, n_layers=1, n_heads=2, max_len=32,
+        objective={"name": "mixture", "components": schedule},
+    )  # fmt: skip
+    model.objective = _Recorded(model.objective)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, dm)
+    seen = model.objective.seen
+    steps = trainer.global_step  # 80 examples / 16 = 5 steps an epoch
+    assert steps == 15 and len(seen) == steps
+    assert seen == pytest.approx([s / steps for s in range(steps)])
+    assert seen[-1] > 0.9
