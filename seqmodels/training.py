@@ -397,9 +397,11 @@ class FinetuneModule(_Optimised):
       `label` (B,) class ids, or (B,) / (B, K) values.
     - dense_classification / dense_regression / dense_binary: the head sees every
       position and returns (B, L', K); `label` is (B, L') class ids, or (B, L', K)
-      values / 0-1 targets; `label_mask` (B, L') or (B, L', K), bool or float weights
-      (default: `pad` when L' = L), weights the per-position loss. The default head
-      gives L' = L; a domain's head may emit its own positions (e.g. voxels).
+      values / 0-1 targets; `label_mask` (B, L') or the outputs' shape, bool or float
+      weights (default: `pad` when L' = L, else all), weights the loss:
+      sum(w * loss) / sum(w). The default head gives L' = L; a domain's head may emit
+      its own positions (e.g. voxels), and for dense_regression / dense_binary any
+      output shape (B, ...) with `label` (and `label_mask`) of the same shape.
     A head spec {"class_path", "init_args"} replaces the default MLP; it is called as
     head(states (B, L, d_model), batch) for dense tasks and head(pooled) otherwise.
     Batches carry `task` (B,) indices into `tasks` (or none: every row is every task).
@@ -539,12 +541,13 @@ class FinetuneModule(_Optimised):
 
     # -- losses ---------------------------------------------------------------------
     @staticmethod
-    def _dense_weights(batch: dict, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _dense_weights(batch: dict, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """label_mask, or pad when the head kept the positions, or None (all count)."""
         w = batch.get("label_mask")
         if w is None:
             pad = batch.get("pad")
             if pad is None or pad.shape[1] != out.shape[1]:
-                return out.new_ones(out.shape[:2])
+                return None
             w = pad
         return w[rows].float()
 
@@ -561,7 +564,9 @@ class FinetuneModule(_Optimised):
             per = F.binary_cross_entropy_with_logits(
                 out.float(), y.float().view(out.shape), reduction="none"
             )
-        if per.dim() == 3 and w.dim() == 2:
+        if w is None:
+            return per.mean()
+        if w.dim() == per.dim() - 1:  # one weight per position, for each of its outputs
             w = w.unsqueeze(-1).expand_as(per)
         return (per * w).sum() / w.sum().clamp(min=1e-8)
 
@@ -680,11 +685,13 @@ def _for_metrics(kind: str, out: torch.Tensor, y: torch.Tensor, w) -> tuple:
     """(outputs, labels) on CPU for epoch metrics; dense tasks keep only weighted positions."""
     out, y = out.detach().float(), y.detach()
     if kind.startswith("dense"):
-        if kind == "dense_binary":  # every output is its own binary decision
-            keep = (w if w.dim() == 3 else w.unsqueeze(-1).expand_as(out)) > 0
-            return out[keep].cpu(), y.view(out.shape)[keep].cpu()
-        keep = (w if w.dim() == 2 else w.amax(-1)) > 0
-        out, y = out[keep], y.view(*out.shape[:2], -1)[keep].squeeze(-1)
+        if w is None:
+            w = out.new_ones(out.shape if kind != "dense_classification" else out.shape[:-1])
+        if w.shape == out.shape or kind == "dense_binary":  # element-wise weights
+            keep = (w if w.shape == out.shape else w.unsqueeze(-1).expand_as(out)) > 0
+            return out[keep].cpu(), y.reshape(out.shape)[keep].cpu()
+        keep = w > 0  # (B, L'): whole positions
+        out, y = out[keep], y.reshape(*out.shape[:2], -1)[keep].squeeze(-1)
     return out.cpu(), y.cpu()
 
 
