@@ -199,6 +199,11 @@ def cmd_evaluate(args) -> dict:
     classes = tuple(args.classes) if args.classes else None
     refs = load_source(args.source, "val", classes, args.n_points, args.n_synthetic, args.seed)
     train = load_source(args.source, "train", classes, args.n_points, args.n_synthetic, args.seed)
+    tok = None
+    if args.tokenizer:
+        from .ar import load_tokenizer
+
+        tok = load_tokenizer(args.tokenizer)
     result: dict = {}
     flat: dict[str, float] = {}
     for cls in refs.classes:
@@ -210,7 +215,7 @@ def cmd_evaluate(args) -> dict:
         ref_c, train_c = refs.of_class(cls), train.of_class(cls)
         n_ref = min(args.n_ref or len(ref_c), len(ref_c))
         m = generation_metrics(
-            mine, ref_c.points[:n_ref], train_c.points, args.emd, args.emd_points, args.seed
+            mine, ref_c.points[:n_ref], train_c.points, args.emd, args.emd_points, args.seed, tok
         )
         result[cls] = m
         for who, vals in m.items():
@@ -221,11 +226,9 @@ def cmd_evaluate(args) -> dict:
             + ", ".join(f"{k} {v:.4f}" for k, v in m["model"].items())
             + f"  (train copy 1-NNA-CD {m['train_copy']['1-NNA-CD']:.3f})"
         )
-    if args.tokenizer:
-        from .ar import load_tokenizer
+    if tok is not None:
         from .render import render_grid
 
-        tok = load_tokenizer(args.tokenizer)
         rec = reconstruction_by_level(tok, refs, seed=args.seed)
         result["reconstruction_chamfer_by_level"] = dict(zip(map(str, tok.sizes), rec))
         for n, v in zip(tok.sizes, rec):

@@ -3,7 +3,8 @@
 Generation figures are PointFlow's (metrics.py) per class against the validation split,
 every cloud `shape_bbox`-normalised, beside two references computed the same way:
 `train_copy` (as many random training shapes, unchanged: what memorising gets) and
-`single_shape` (one training shape repeated: a trivial generator with no diversity).
+`single_shape` (one training shape repeated: a trivial generator with no diversity), and,
+given the tokenizer, `tokenized_train_copy` (those training shapes through the tokenizer).
 """
 
 from __future__ import annotations
@@ -51,19 +52,37 @@ def generation_metrics(
     emd: bool = False,
     emd_points: int = 256,
     seed: int = 0,
+    tokenizer=None,
 ) -> dict[str, dict[str, float]]:
-    """{"model": ..., "train_copy": ..., "single_shape": ...} PointFlow metrics vs refs."""
+    """{"model", "train_copy", "single_shape"} PointFlow metrics vs refs, and with a
+    tokenizer "tokenized_train_copy": the same training shapes encoded and decoded, i.e.
+    what an AR model that memorised its training tokens would score (the tokenizer's
+    ceiling on generation)."""
     samples, refs, train = shape_bbox(samples), shape_bbox(refs), shape_bbox(train)
     n = len(samples)
-    one = train[np.random.default_rng(seed).integers(len(train))]
+    rng = np.random.default_rng(seed)
+    one = train[rng.integers(len(train))]
     cache: dict = {}  # the reference-reference matrices, computed once
-    return {
+    out = {
         "model": pointflow_metrics(samples, refs, emd, emd_points, ref_matrices=cache),
         "train_copy": train_copy_oracle(train, refs, n, seed, emd, emd_points, cache),
         "single_shape": pointflow_metrics(
             np.repeat(one[None], n, 0), refs, emd, emd_points, ref_matrices=cache
         ),
     }
+    if tokenizer is not None:
+        idx = np.random.default_rng(seed).choice(len(train), min(n, len(train)), replace=False)
+        x = torch.from_numpy(train[idx])
+        rec = torch.cat(
+            [
+                tokenizer.decode(tokenizer.encode(x[i : i + 32]), train.shape[1], seed=seed)
+                for i in range(0, len(x), 32)
+            ]
+        )
+        out["tokenized_train_copy"] = pointflow_metrics(
+            shape_bbox(rec.numpy()), refs, emd, emd_points, ref_matrices=cache
+        )
+    return out
 
 
 @torch.no_grad()
