@@ -15,8 +15,12 @@ from .backbones import BACKBONES, AttentionSpec
 @dataclass
 class ModelConfig:
     """What the model is. vocab_size for discrete tokens, or d_input for continuous ones
-    (then the head regresses d_input values per position); d_cond > 0 adds
-    `n_cond_tokens` prefix positions projected from a condition vector."""
+    (then the head regresses d_input values per position); both for continuous inputs
+    with discrete targets (next-scale over a learned tokenizer: VAR feeds the coarser
+    scales' reconstruction and predicts the next scale's codes). d_cond > 0 adds
+    `n_cond_tokens` prefix positions projected from a condition vector; cond_dropout > 0
+    adds a learned null condition (classifier-free guidance). scale_sizes: tokens per
+    scale of a next-scale sequence; each position gets its scale's learned embedding."""
 
     vocab_size: int = 0
     d_input: int = 0
@@ -30,6 +34,8 @@ class ModelConfig:
     dropout: float = 0.0
     backbone_args: dict = field(default_factory=dict)
     tie_embeddings: bool = True
+    cond_dropout: float = 0.0
+    scale_sizes: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -65,7 +71,10 @@ class SeqModel(nn.Module):
             raise ValueError("ModelConfig needs vocab_size (discrete) or d_input (continuous)")
         d = c.d_model
         self.n_cond = c.n_cond_tokens if c.d_cond else 0
-        if c.d_input:
+        if c.d_input and c.vocab_size:
+            self.proj_in = nn.Linear(c.d_input, d)
+            self.head = nn.Linear(d, c.vocab_size, bias=False)
+        elif c.d_input:
             self.proj_in = nn.Linear(c.d_input, d)
             self.head = nn.Linear(d, c.d_input)
         else:
@@ -76,6 +85,13 @@ class SeqModel(nn.Module):
         self.mask_embed = nn.Parameter(torch.zeros(d))
         if c.d_cond:
             self.cond_proj = nn.Linear(c.d_cond, self.n_cond * d)
+            if c.cond_dropout > 0:
+                self.null_cond = nn.Parameter(torch.zeros(self.n_cond, d))
+        if c.scale_sizes:
+            sizes = torch.tensor([int(n) for n in c.scale_sizes])
+            self.scale_embed = nn.Embedding(len(sizes), d)
+            level = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+            self.register_buffer("level", level, persistent=False)
         self.backbone = BACKBONES[c.backbone](
             d_model=d,
             n_layers=c.n_layers,
@@ -92,20 +108,39 @@ class SeqModel(nn.Module):
 
     @property
     def discrete(self) -> bool:
-        return not self.config.d_input
+        """Discrete targets (cross-entropy over vocab_size), whatever the inputs."""
+        return bool(self.config.vocab_size) or not self.config.d_input
 
-    def embed_inputs(self, ids=None, x=None, blank=None, cond=None) -> torch.Tensor:
-        """Token embeddings (blanks replaced by the mask embedding), with the condition
-        prefix in front when `cond` is given."""
+    def embed_inputs(
+        self, ids=None, x=None, blank=None, cond=None, drop_cond=None, start: int = 0
+    ) -> torch.Tensor:
+        """Token embeddings (blanks replaced by the mask embedding; plus the scale
+        embedding of sequence positions start.. when the model has scales), with the
+        condition prefix in front when `cond` is given; rows where `drop_cond` (B,) is
+        True get the learned null condition instead."""
         h = self.embed(ids) if x is None else self.proj_in(x)
         if blank is not None:
             h = torch.where(blank.unsqueeze(-1), self.mask_embed.to(h.dtype), h)
+        if self.config.scale_sizes:
+            end = start + h.shape[1]
+            if end > len(self.level):
+                raise ValueError(f"{end} positions, but the scales hold {len(self.level)}")
+            h = h + self.scale_embed(self.level[start:end]).to(h.dtype)
         if cond is not None:
             prefix = self.cond_proj(cond.to(h.dtype)).view(h.shape[0], self.n_cond, -1)
+            if drop_cond is not None:
+                if not hasattr(self, "null_cond"):
+                    raise ValueError(
+                        "this model has no null condition (train with cond_dropout > 0)"
+                    )
+                null = self.null_cond.to(h.dtype)[None]
+                prefix = torch.where(drop_cond.view(-1, 1, 1).to(h.device), null, prefix)
             h = torch.cat([prefix, h], dim=1)
         return h
 
-    def hidden(self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None):
+    def hidden(
+        self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None, drop_cond=None
+    ):
         """Backbone states (B, L, d_model) for the sequence positions (condition prefix
         dropped). With a cache, the condition prefix goes in on the first call only, and
         `mask` covers the sequence positions so far (it is shifted past the prefix on
@@ -115,13 +150,17 @@ class SeqModel(nn.Module):
             raise ValueError("this model is conditioned: pass cond (B, d_cond)")
         if cond is not None and not self.n_cond:
             raise ValueError("this model takes no condition (d_cond is 0), but cond was given")
-        h = self.embed_inputs(ids, x, blank, cond if n else None)
+        start = cache.pos - self.n_cond if cache is not None and cache.pos else 0
+        h = self.embed_inputs(ids, x, blank, cond if n else None, drop_cond, start)
         out = self.backbone(h, AttentionSpec.of(mask).with_prefix(self.n_cond), cache)
         return out[:, n:]
 
-    def forward(self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None):
-        """Logits (B, L, V) for discrete tokens, regressed tokens (B, L, D) for continuous."""
-        return self.head(self.hidden(ids, x, cond, mask, blank, cache))
+    def forward(
+        self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None, drop_cond=None
+    ):
+        """Logits (B, L, V) for discrete targets, regressed tokens (B, L, D) for continuous.
+        drop_cond (B,) bool: rows that take the null condition (guidance, cond dropout)."""
+        return self.head(self.hidden(ids, x, cond, mask, blank, cache, drop_cond))
 
     def new_cache(self, batch: int):
         """A decoding cache for `batch` rows, or None when the backbone has none."""

@@ -188,7 +188,9 @@ class NextScale(Objective):
 
     Give the scales as grid `shapes` ([[1, 1], [2, 2], [4, 4]]; plain ints declare 1-D
     scales, [1, 2, 4]), whose parents `grid_parents` derives, or as `scale_sizes` with
-    explicit `parents` (for scales 1.., each position's index in the scale before)."""
+    explicit `parents` (for scales 1.., each position's index in the scale before).
+    A batch with both `ids` and `x` feeds `x` (B, L, D) as the inputs instead of parent
+    ids (block 0's rows are blanked) and predicts `ids`: VAR's continuous parents."""
 
     name = "next_scale"
 
@@ -239,8 +241,13 @@ class NextScale(Objective):
             raise ValueError(
                 f"next_scale expects {L} tokens (scales {self.sizes}), got {t.shape[1]}"
             )
-        inputs = t.clone()
-        inputs[:, self.sizes[0] :] = t[:, self.src.to(t.device)]
+        if "ids" in batch and "x" in batch:
+            # Continuous parents, discrete targets (VAR): `x` holds each position's input,
+            # the coarser scales' reconstruction at it (a tokenizer's next_scale_inputs).
+            inputs = batch["x"]
+        else:
+            inputs = t.clone()
+            inputs[:, self.sizes[0] :] = t[:, self.src.to(t.device)]
         blank = torch.zeros_like(pad)
         blank[:, : self.sizes[0]] = True
         spec = AttentionSpec("custom", allowed=self.allowed.to(t.device), pad=_spec_pad(pad))

@@ -1,11 +1,22 @@
-"""generate(): batched sampling with a KV cache, temperature / top-k / top-p, condition
-vectors, stop on eos, and a logits-processor hook for a domain's grammar."""
+"""Sampling.
+
+- `generate()`: next-token sampling, batched, with a KV cache, temperature / top-k /
+  top-p, condition vectors, stop on eos, and a logits-processor hook for a domain's grammar.
+- `generate_scales()`: next-scale sampling (VAR): all tokens of a scale at once, scale by
+  scale, with a KV cache over the block-causal mask; sampling settings per scale.
+- Both take `guidance` (classifier-free guidance, Ho & Salimans 2022): logits =
+  uncond + guidance * (cond - uncond), the unconditional pass using the model's learned
+  null condition (train with `cond_dropout` > 0). 1 = the conditional model, 0 = the
+  unconditional one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
+
+from .backbones.attention import AttentionSpec
 
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,22 +50,58 @@ def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+def _guided(guidance: float, cond: torch.Tensor | None) -> bool:
+    if guidance == 1.0:
+        return False
+    if cond is None:
+        raise ValueError("classifier-free guidance (guidance != 1) needs condition vectors")
+    return True
+
+
+def _with_null(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch twice, the second copy marked for the null condition."""
+    B = cond.shape[0]
+    drop = torch.arange(2 * B, device=cond.device) >= B
+    return torch.cat([cond, cond]), drop
+
+
+def _combine(logits: torch.Tensor, guidance: float) -> torch.Tensor:
+    c, u = logits.float().chunk(2)
+    return u + guidance * (c - u)
+
+
 @torch.inference_mode()
 def _generate_batch(
-    model, prompt, cond, max_new, temperature, top_k, top_p, processor, eos_id, use_cache, generator
+    model,
+    prompt,
+    cond,
+    max_new,
+    temperature,
+    top_k,
+    top_p,
+    processor,
+    eos_id,
+    use_cache,
+    generator,
+    guidance=1.0,
 ) -> torch.Tensor:
     B = prompt.shape[0]
     ids = prompt
     done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-    cache = model.new_cache(B) if use_cache else None
+    guided = _guided(guidance, cond)
+    kw = {"cond": cond}
+    if guided:
+        kw["cond"], kw["drop_cond"] = _with_null(cond)
+    rows = 2 * B if guided else B
+    cache = model.new_cache(rows) if use_cache else None
     out = []
     step_input = ids
     for _ in range(max_new):
-        if cache is not None:
-            logits = model(ids=step_input, cond=cond, cache=cache)[:, -1]
-        else:
-            logits = model(ids=ids, cond=cond)[:, -1]
-        logits = logits.float()
+        inp = step_input if cache is not None else ids
+        if guided:
+            inp = torch.cat([inp, inp])
+        logits = model(ids=inp, cache=cache, **kw)[:, -1]
+        logits = _combine(logits, guidance) if guided else logits.float()
         if processor is not None:
             logits = processor(ids, logits)
         nxt = _sample(logits, temperature, top_k, top_p, generator)
@@ -83,6 +130,7 @@ def generate(
     seed: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    guidance: float = 1.0,
 ) -> list[list[int]]:
     """Sample continuations of each prompt (num_samples each, in prompt order).
 
@@ -90,7 +138,8 @@ def generate(
     A logits processor is fn(ids (B, T), logits (B, V)) -> logits; it may set -inf on
     forbidden tokens. Returns the new tokens of each sample, without prompt and eos;
     sampling stops at eos, after max_new_tokens, or at the model's max_len.
-    Cached and uncached decoding draw the same tokens for the same seed.
+    Cached and uncached decoding draw the same tokens for the same seed. guidance: see
+    the module docstring (needs cond, and a model trained with cond_dropout).
     """
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0")
@@ -145,6 +194,7 @@ def generate(
                 eos_id,
                 use_cache,
                 generator,
+                guidance,
             )
             for job, row in zip(chunk, new.tolist()):
                 results[job] = row[: row.index(eos_id)] if eos_id in row else row
@@ -155,3 +205,141 @@ def generate(
             bar.close()
         model.train(was_training)
     return [results[job] for job in jobs]
+
+
+# ------------------------------------------------------------------ next-scale sampling
+
+NextInput = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _per_scale(value, n: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name}: {len(value)} values for {n} scales")
+        return list(value)
+    return [value] * n
+
+
+def _parent_input(src: torch.Tensor, starts: list[int]) -> NextInput:
+    """Discrete next-scale inputs (the `next_scale` objective on ids): scale k's positions
+    take the ids of their parents in scale k-1."""
+
+    def inputs(ids: torch.Tensor) -> torch.Tensor:
+        k = starts.index(ids.shape[1])
+        return ids[:, src[starts[k] - starts[1] : starts[k + 1] - starts[1]].to(ids.device)]
+
+    return inputs
+
+
+@torch.inference_mode()
+def generate_scales(
+    model: torch.nn.Module,
+    cond: torch.Tensor | Sequence[Sequence[float]] | None = None,
+    scales: Sequence[int] | None = None,
+    next_input: NextInput | None = None,
+    num_samples: int = 1,
+    temperature: float | Sequence[float] = 1.0,
+    top_k: int | None | Sequence[int | None] = None,
+    top_p: float | None | Sequence[float | None] = None,
+    guidance: float = 1.0,
+    use_cache: bool = True,
+    seed: int | None = None,
+    return_logits: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Sample next-scale sequences: scale 0 from the condition, then each scale k from
+    scales < k, all n_k tokens of a scale drawn at once (VAR's inference).
+
+    model: a next-scale model (e.g. SeqLM with objective next_scale). scales: tokens per
+    scale (default: the model objective's). next_input: ids of scales < k (B, sum n_<k)
+    -> the model's inputs for scale k, (B, n_k, D) continuous (a tokenizer's
+    `next_scale_input`: the upsampled cumulative reconstruction) or (B, n_k) ids; default:
+    the parent ids of the model's `next_scale` objective. cond: (N, d_cond), each row
+    sampled num_samples times (rows in order); None for an unconditional model.
+    temperature / top_k / top_p: one value, or one per scale. With a KV cache only the
+    new scale's positions are run at each step; without, the whole prefix is rerun (same
+    logits). Returns ids (N * num_samples, sum(scales)); with return_logits also the
+    logits of each scale (after guidance, before temperature).
+    """
+    objective = getattr(model, "objective", None)
+    if scales is None:
+        scales = getattr(objective, "sizes", None)
+        if scales is None:
+            raise ValueError("give scales: the model has no next_scale objective to read them from")
+    scales = [int(n) for n in scales]
+    S = len(scales)
+    temps = _per_scale(temperature, S, "temperature")
+    ks = _per_scale(top_k, S, "top_k")
+    ps = _per_scale(top_p, S, "top_p")
+    if any(t < 0 for t in temps):
+        raise ValueError("temperature must be >= 0")
+    starts = [0]
+    for n in scales:
+        starts.append(starts[-1] + n)
+    if next_input is None and S > 1:
+        src = getattr(objective, "src", None)
+        if src is None:
+            raise ValueError("give next_input: the model has no next_scale objective with parents")
+        next_input = _parent_input(src, starts)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+    if cond is not None:
+        cond = torch.as_tensor(cond, dtype=torch.float32, device=device)
+        cond = cond.repeat_interleave(num_samples, dim=0)
+        B = cond.shape[0]
+    else:
+        B = num_samples
+    guided = _guided(guidance, cond)
+    kw: dict = {"cond": cond}
+    if guided:
+        kw["cond"], kw["drop_cond"] = _with_null(cond)
+    block = torch.repeat_interleave(torch.arange(S), torch.tensor(scales)).to(device)
+    allowed = block[None, :] <= block[:, None]
+    cache = model.new_cache(2 * B if guided else B) if use_cache else None
+    # Scale 0 is blank (the mask embedding), as in training: only its kind is read.
+    d_input = _input_dim(model)
+    first = (
+        torch.zeros(B, scales[0], d_input, device=device)
+        if d_input
+        else torch.zeros(B, scales[0], dtype=torch.long, device=device)
+    )
+    ids = torch.zeros(B, 0, dtype=torch.long, device=device)
+    inputs: list[torch.Tensor] = [first]
+    all_logits = []
+    try:
+        for k in range(S):
+            n = scales[k]
+            if k:
+                inputs.append(torch.as_tensor(next_input(ids)).to(device))
+            end = starts[k + 1]
+            if cache is not None:
+                step, blank = inputs[k], _blank(B, starts[k], end, scales[0], device)
+            else:
+                step, blank = torch.cat(inputs, dim=1), _blank(B, 0, end, scales[0], device)
+            if guided:
+                step, blank = torch.cat([step, step]), torch.cat([blank, blank])
+            key = "x" if step.is_floating_point() else "ids"
+            spec = AttentionSpec("custom", allowed=allowed[:end, :end])
+            logits = model(**{key: step}, blank=blank, mask=spec, cache=cache, **kw)[:, -n:]
+            logits = _combine(logits, guidance) if guided else logits.float()
+            if return_logits:
+                all_logits.append(logits.clone())
+            flat = _sample(logits.flatten(0, 1), temps[k], ks[k], ps[k], generator)
+            ids = torch.cat([ids, flat.view(B, n)], dim=1)
+    finally:
+        model.train(was_training)
+    return (ids, all_logits) if return_logits else ids
+
+
+def _blank(B: int, start: int, end: int, n0: int, device) -> torch.Tensor:
+    """Positions [start, end): True for scale 0's (blank) positions."""
+    return (torch.arange(start, end, device=device) < n0)[None].expand(B, -1)
+
+
+def _input_dim(model) -> int:
+    """d_input of a SeqModel or of a SeqLM's model: > 0 when it takes vectors."""
+    config = getattr(model, "config", None) or getattr(
+        getattr(model, "model", None), "config", None
+    )
+    return int(getattr(config, "d_input", 0) or 0)

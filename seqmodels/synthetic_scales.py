@@ -86,7 +86,8 @@ def signal_metrics(
     n_positions: int = 16,
 ) -> dict[str, float]:
     """valid_fraction, class_match (valid and fitted class == conditioning class),
-    coverage (distinct templates among valid signals / all templates), mean_rms."""
+    coverage (distinct templates among valid signals / all templates), mean_rms.
+    classes: (N,) class ids or (N, N_CLASSES) one-hot condition rows."""
     x = torch.as_tensor(signals, dtype=torch.float32)
     x = x.reshape(x.shape[0], -1)
     if not torch.isfinite(x).all():
@@ -104,9 +105,14 @@ def signal_metrics(
         "n_samples": float(len(x)),
     }
     if classes is not None:
-        c = torch.as_tensor(classes).long().flatten()
+        c = _class_ids(classes)
         out["class_match"] = float((valid & (labels[best, 0] == c)).float().mean())
     return out
+
+
+def _class_ids(classes) -> torch.Tensor:
+    c = torch.as_tensor(classes)
+    return (c.argmax(-1) if c.dim() == 2 else c).long().flatten()
 
 
 def one_hot(classes: torch.Tensor, n: int = N_CLASSES) -> list[list[float]]:
@@ -201,15 +207,15 @@ class SignalTokenizer(Tokenizer):
         return self.reconstruct(self.quantizer.indices_to_codes(ids))
 
 
-def plot_signals(signals: torch.Tensor, classes: torch.Tensor, path: str, per_class: int = 6):
-    """A grid of signals: one row per class."""
+def plot_signals(signals: torch.Tensor, classes, path: str, per_class: int = 6) -> None:
+    """A grid of signals, one row per class (classes: ids or one-hot rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = torch.as_tensor(signals).reshape(len(signals), -1)
-    c = torch.as_tensor(classes).long()
+    c = _class_ids(classes)
     fig, axes = plt.subplots(N_CLASSES, per_class, figsize=(1.6 * per_class, 1.3 * N_CLASSES))
     for k in range(N_CLASSES):
         rows = (c == k).nonzero().flatten()[:per_class].tolist()

@@ -170,6 +170,8 @@ def _config_from_datamodule(config: dict, dm) -> dict:
     config = dict(config)
     if getattr(dm, "vocab", None) is not None:
         config["vocab_size"] = len(dm.vocab)
+    elif getattr(dm, "vocab_size", 0):  # codes with no specials (a tokenized datamodule)
+        config["vocab_size"] = dm.vocab_size
     config["d_input"] = getattr(dm, "d_input", 0) or config.get("d_input") or 0
     if config.get("d_cond") is None:
         config["d_cond"] = getattr(dm, "cond_dim", 0)
@@ -198,6 +200,11 @@ class SeqLM(_Optimised):
     `init_from` loads a pretrained checkpoint's weights (growing the vocabulary when the
     datamodule added task tokens), e.g. for label-as-token finetuning. The model is
     `self.model`; `forward`, `hidden` and `new_cache` are the model's.
+
+    Both vocab_size and d_input (e.g. a TokenizedDataModule's "scales" layout): vector
+    inputs, discrete targets. scale_embeddings: a learned embedding per scale of the
+    `next_scale` objective. cond_dropout: the fraction of training rows whose condition
+    is replaced by a learned null condition, for classifier-free guidance at sampling.
     """
 
     def __init__(
@@ -224,10 +231,16 @@ class SeqLM(_Optimised):
         seed: int = 0,
         init_from: str | None = None,
         vocab: dict | None = None,
+        scale_embeddings: bool = False,
+        cond_dropout: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
+        if not 0 <= cond_dropout < 1:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.objective = build_objective(objective)
+        if scale_embeddings and not hasattr(self.objective, "sizes"):
+            raise ValueError("scale_embeddings needs the next_scale objective (its scale sizes)")
         self.vocab = Vocab.from_dict(vocab) if vocab else None
         self._gen = torch.Generator().manual_seed(seed)
         self.model: SeqModel | None = None
@@ -239,7 +252,10 @@ class SeqLM(_Optimised):
         return self.model is not None
 
     def _build(self) -> None:
-        self.model = SeqModel(ModelConfig.from_dict(dict(self.hparams)))
+        config = ModelConfig.from_dict(dict(self.hparams))
+        if self.hparams.get("scale_embeddings"):
+            config.scale_sizes = list(self.objective.sizes)
+        self.model = SeqModel(config)
 
     def setup(self, stage: str) -> None:
         if self.built:
@@ -286,21 +302,28 @@ class SeqLM(_Optimised):
     def backbone(self) -> nn.Module:
         return self.model.backbone
 
-    def hidden(self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None):
-        return self.model.hidden(ids, x, cond, mask, blank, cache)
+    def hidden(
+        self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None, drop_cond=None
+    ):
+        return self.model.hidden(ids, x, cond, mask, blank, cache, drop_cond)
 
-    def forward(self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None):
-        return self.model(ids, x, cond, mask, blank, cache)
+    def forward(
+        self, ids=None, x=None, cond=None, mask="causal", blank=None, cache=None, drop_cond=None
+    ):
+        return self.model(ids, x, cond, mask, blank, cache, drop_cond)
 
     def new_cache(self, batch: int):
         return self.model.new_cache(batch)
 
     # -- losses ---------------------------------------------------------------------
     def part_loss(self, out: ObjectiveOutput) -> torch.Tensor:
-        discrete = not out.inputs.is_floating_point()
-        kw = {"ids": out.inputs} if discrete else {"x": out.inputs}
-        pred = self(**kw, cond=out.cond, mask=out.mask, blank=out.blank)
-        if discrete:
+        kw = {"x": out.inputs} if out.inputs.is_floating_point() else {"ids": out.inputs}
+        drop = None
+        if self.training and out.cond is not None and self.hparams.get("cond_dropout"):
+            u = torch.rand(out.cond.shape[0], generator=self._gen)
+            drop = (u < self.hparams.cond_dropout).to(out.cond.device)
+        pred = self(**kw, cond=out.cond, mask=out.mask, blank=out.blank, drop_cond=drop)
+        if not out.targets.is_floating_point():
             per = F.cross_entropy(
                 pred.float().flatten(0, 1), out.targets.flatten(), reduction="none"
             ).view_as(out.weights)
