@@ -213,6 +213,31 @@ def test_dense_binary_with_a_domain_head_on_continuous_tokens(tmp_path):
     assert head == {1e-3} and set(bb) == {1e-4}
 
 
+class VoxelHead(PatchHead):
+    """Outputs channels first, (B, n_outputs, L * per_token), like a Conv3d decoder."""
+
+    def forward(self, h: torch.Tensor, batch: dict) -> torch.Tensor:
+        return super().forward(h, batch).transpose(1, 2)
+
+
+def test_dense_outputs_of_any_shape_with_weights_of_that_shape():
+    head = {"class_path": "tests.test_finetune.VoxelHead", "init_args": {"per_token": 3}}
+    tasks = [{"name": "aff", "kind": "dense_binary", "n_outputs": 2, "head": head}]
+    ft = FinetuneModule(tasks=tasks, backbone_config={**BACKBONE, "d_input": 4}).eval()
+    b = {"x": torch.randn(3, 5, 4), "label": (torch.rand(3, 2, 15) > 0.5).float()}
+    out = ft(b)["aff"][1]
+    assert out.shape == (3, 2, 15)
+    raw = F.binary_cross_entropy_with_logits(out, b["label"], reduction="none")
+    torch.testing.assert_close(ft._losses(b, None), raw.mean())  # no mask: all count
+    b["label_mask"] = (torch.rand(3, 2, 15) > 0.3).float()
+    w = b["label_mask"]
+    torch.testing.assert_close(ft._losses(b, None), (raw * w).sum() / w.sum())
+    ft._losses(b, "val")
+    keep = w > 0
+    acc = ((out[keep] > 0).float() == b["label"][keep]).float().mean()
+    assert ft.task_metrics("val")["val/aff/acc"] == pytest.approx(float(acc))
+
+
 def test_bad_options_are_refused(toy_vocab):
     with pytest.raises(ValueError, match="kind"):
         _ft(toy_vocab, tasks=[{"name": "x", "kind": "dense"}])
