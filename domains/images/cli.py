@@ -111,7 +111,15 @@ def cmd_encode(args: argparse.Namespace) -> dict:
     m = {k: float(v) for k, v in codebook_metrics(ids, tok.codebook_size).items()}
     m.update(images=float(len(ids)), tokens_per_image=float(ids.shape[1]))
     print(f"wrote {out}: {len(ids)} images x {ids.shape[1]} ids; codebook {json.dumps(m)}")
+    _fail_on_skipped(data)
     return m
+
+
+def _fail_on_skipped(data) -> None:
+    """Work that skipped inputs exits non-zero, after everything readable was written."""
+    skipped = [n for n in data.notes if "skipped" in n]
+    if skipped:
+        raise _err(f"{len(skipped)} input(s) skipped (listed above); the rest were written")
 
 
 def cmd_decode(args: argparse.Namespace) -> dict:
@@ -247,12 +255,17 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 # -- parser ---------------------------------------------------------------------------------
-def _source(p: argparse.ArgumentParser, split: bool = True) -> None:
+def _source(p: argparse.ArgumentParser, split: str | None = "test") -> None:
     p.add_argument(
         "--source", default="digits", help="digits, mnist, skimage:NAME, a folder or .npy/.npz"
     )
     if split:
-        p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+        p.add_argument(
+            "--split",
+            default=split,
+            choices=["train", "val", "test", "all"],
+            help=f"fixed splits (see domains/images/splits.py); default {split}",
+        )
         p.add_argument("--limit", type=int, default=None, help="the first N images of the split")
 
 
@@ -275,7 +288,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train the feature classifier on real training images (cached)",
         cmd_classifier,
     )
-    _source(p, split=False)
+    _source(p, split=None)
     p.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -283,7 +296,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = add("encode", "images -> token ids (npz: ids, labels, names)", cmd_encode)
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint")
-    _source(p)
+    _source(p, split="all")
     p.add_argument("--out", required=True, help="output .npz")
 
     p = add("decode", "token ids (a prefix of k per image) -> PNG grid", cmd_decode)

@@ -81,21 +81,33 @@ def evaluate_reconstruction(
         )
         metrics["n_images"] = n
     names = list(tokenizers)
-    if len(names) == 2:  # e.g. 1d vs grid: is the first better at every k < K?
-        a, b = names
-        common = sorted(
+    metrics.update(compare_to_first(metrics, names))
+    psnr_plot(metrics, names, out / "psnr_vs_k.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def compare_to_first(metrics: dict, names: list[str]) -> dict:
+    """The first tokenizer against each other one: higher PSNR at every shared k < K, and
+    (with a classifier) which has the lower feature Frechet distance at every shared k."""
+    out = {}
+    a = names[0]
+    for b in names[1:]:
+        ks = sorted(
             int(key.split("/k")[1])
             for key in metrics
             if key.startswith(f"{a}/k") and f"{b}/k{key.split('/k')[1]}" in metrics
         )
-        below = [k for k in common if k < max(common)]
-        metrics[f"{a}_beats_{b}_psnr_all_k_below_K"] = bool(
-            below
-            and all(metrics[f"{a}/k{k}"]["psnr"] > metrics[f"{b}/k{k}"]["psnr"] for k in below)
+        below = [k for k in ks if k < max(ks)] if ks else []
+        ma, mb = (lambda k, n=n: metrics[f"{n}/k{k}"] for n in (a, b))
+        out[f"{a}_beats_{b}_psnr_all_k_below_K"] = bool(
+            below and all(ma(k)["psnr"] > mb(k)["psnr"] for k in below)
         )
-    psnr_plot(metrics, names, out / "psnr_vs_k.png")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+        if ks and "feature_fd" in ma(ks[0]):
+            out[f"{b}_lower_feature_fd_than_{a}_all_k"] = bool(
+                all(mb(k)["feature_fd"] < ma(k)["feature_fd"] for k in ks)
+            )
+    return out
 
 
 def psnr_plot(metrics: dict, names: list[str], path: Path) -> None:

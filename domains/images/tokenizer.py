@@ -73,6 +73,8 @@ class ImageTokenizer(Tokenizer):
         min_keep: int = 1,
         decoder: str = "mse",
         flow_steps: int = 8,
+        init_from: str | None = None,
+        freeze_encoder: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -119,6 +121,38 @@ class ImageTokenizer(Tokenizer):
         # steps (digits, d_model 32: MSE 0.073 after 200 steps; 0.020 at unit scale).
         for p in (self.embed.pos, self.embed.registers, self.token_pos, self.query_pos):
             nn.init.normal_(p, std=1.0)
+        if init_from:
+            self._load_matching(init_from)
+        if freeze_encoder:
+            for m in self._encoder_modules():
+                m.requires_grad_(False)
+
+    def _encoder_modules(self) -> list[nn.Module]:
+        return [self.embed, self.encoder, self.to_code, self.z_norm, self.quantizer, self.from_code]
+
+    def _load_matching(self, path: str) -> None:
+        """Copy every weight of another image tokenizer whose name and shape match (a
+        flow decoder started from an MSE tokenizer keeps its encoder, so its ids)."""
+        from seqmodels.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path)["state_dict"]
+        own = self.state_dict()
+        matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not any(k.startswith("encoder.") for k in matched):
+            raise ValueError(f"{path}: no encoder weights fit this tokenizer")
+        self.load_state_dict(matched, strict=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.freeze_encoder:  # frozen batch-norm statistics: the ids stay fixed
+            for m in self._encoder_modules():
+                m.eval()
+        return self
+
+    @staticmethod
+    def hparams_for_load(ckpt: dict) -> dict:
+        """Rebuild from the checkpoint's own weights, not from `init_from`."""
+        return {**ckpt["hyper_parameters"], "init_from": None}
 
     # -- encoder ------------------------------------------------------------------------
     def _features(self, images: torch.Tensor) -> torch.Tensor:
