@@ -171,6 +171,8 @@ class CrossScaleAR(_Optimised):
                 logit = uncond + guidance * (cond - uncond)
             logit = top_p_filter(top_k_filter(logit / max(temperature, 1e-6), top_k), top_p)
             probs = logit.softmax(-1).flatten(0, 1)
-            new = torch.multinomial(probs, 1, generator=generator).view(B, n)
+            # drawn on the CPU: the generator is a CPU one, the draws device-independent
+            new = torch.multinomial(probs.float().cpu(), 1, generator=generator)
+            new = new.view(B, n).to(self.device)
             ids = torch.cat([ids, new], dim=1)
         return ids
