@@ -52,6 +52,7 @@ def _models(args):
             d_model=128,
             n_layers=3,
             max_len=tok.n_tokens + 2,
+            cond_dropout=0.1,
         ).eval()
     return tok, lm
 

@@ -67,37 +67,7 @@ class ImageDataModule(TokenDataModule):
 
 class ImageTokensDataModule(TokenizedDataModule):
     """bos + image codes + eos per image, with the class condition; see TokenizedDataModule.
+    (Classifier-free guidance needs the AR model trained with `cond_dropout` > 0.)"""
 
-    null_fraction: this fraction of training images (a fixed, seeded subset) carries the
-    null condition (all zeros), so the AR model also learns the unconditional
-    distribution that classifier-free guidance needs. A fixed subset keeps the data a
-    pure function of the seed, so resumed runs see the same batches.
-    """
-
-    def __init__(
-        self,
-        tokenizer: str,
-        source: dict,
-        null_fraction: float = 0.1,
-        layout: str = "sequence",
-        **kwargs,
-    ):
+    def __init__(self, tokenizer: str, source: dict, layout: str = "sequence", **kwargs):
         super().__init__(tokenizer, source, layout=layout, **kwargs)
-        if not 0 <= null_fraction < 1:
-            raise ValueError("null_fraction must be in [0, 1)")
-        self.null_fraction = null_fraction
-
-    def build(self) -> list[dict]:
-        examples = super().build()
-        g = torch.Generator().manual_seed(self.seed)
-        out = []
-        for e in examples:
-            # one draw per training example, in a fixed order: the subset is seeded
-            if (
-                e.get("split") == "train"
-                and "cond" in e
-                and float(torch.rand((), generator=g)) < self.null_fraction
-            ):
-                e = {**e, "cond": [0.0] * len(e["cond"])}
-            out.append(e)
-        return out

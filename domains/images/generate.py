@@ -1,11 +1,9 @@
 """Class-conditional generation: the core GPT samples k <= K image tokens per image with
 classifier-free guidance, the tokenizer decodes them at that k.
 
-Guidance (Ho & Salimans 2022) mixes conditional and unconditional logits:
-`u + scale * (c - u)`; scale 1 is the plain conditional model, 0 the unconditional one.
-The unconditional logits come from the same model with the null condition (a zero vector:
-the AR datamodule gives a fixed fraction of training images that condition). They are
-computed inside the core sampler's logits-processor hook, on the prefix so far.
+Guidance is the core's (seqmodels.sampling, Ho & Salimans 2022): `u + scale * (c - u)`
+with the model's learned null condition (train the AR model with `cond_dropout` > 0);
+scale 1 is the plain conditional model, 0 the unconditional one.
 """
 
 from __future__ import annotations
@@ -14,32 +12,14 @@ import numpy as np
 import torch
 
 from seqmodels.sampling import generate
-from seqmodels.tokenizer import ids_to_codes
+from seqmodels.tokenizer import CODE_OFFSET, ids_to_codes
 from seqmodels.vocab import Vocab
 
 
-def guidance_processor(model: torch.nn.Module, d_cond: int, scale: float):
-    """A logits processor applying classifier-free guidance with the null condition."""
-
-    def process(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        if scale == 1.0:
-            return logits
-        null = torch.zeros(ids.shape[0], d_cond, device=ids.device)
-        uncond = model(ids=ids, cond=null)[:, -1].float()
-        return uncond + scale * (logits - uncond)
-
-    return process
-
-
-def only_codes(vocab_size: int):
-    """Forbid the special tokens: an image is exactly k codes (eos is not sampled)."""
-    from seqmodels.tokenizer import CODE_OFFSET
-
-    def process(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        logits[:, :CODE_OFFSET] = float("-inf")
-        return logits
-
-    return process
+def only_codes(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Forbid the special tokens: an image is exactly k codes (eos is never sampled)."""
+    logits[:, :CODE_OFFSET] = float("-inf")
+    return logits
 
 
 def sample_codes(
@@ -58,12 +38,6 @@ def sample_codes(
     """(len(classes), k) codes, one image per entry of `classes`."""
     cond = torch.zeros(len(classes), n_classes)
     cond[torch.arange(len(classes)), torch.as_tensor(classes)] = 1.0
-    guide = guidance_processor(model, n_classes, guidance)
-    codes_only = only_codes(0)
-
-    def processor(ids, logits):
-        return codes_only(ids, guide(ids, logits))
-
     rows = generate(
         model,
         [[Vocab.bos_id]] * len(classes),
@@ -72,7 +46,8 @@ def sample_codes(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        logits_processor=processor,
+        logits_processor=only_codes,
+        guidance=guidance,
         seed=seed,
         batch_size=batch_size,
         progress=progress,

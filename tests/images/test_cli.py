@@ -111,6 +111,7 @@ def test_commands_end_to_end(tmp_path, capsys):
                 "n_layers": 1,
                 "n_heads": 2,
                 "max_len": 18,
+                "cond_dropout": 0.1,
                 "warmup_steps": 2,
                 "max_steps": 6,
             },
