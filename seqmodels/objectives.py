@@ -9,8 +9,8 @@ mixture of objectives without contradictory targets:
   so only positions i >= prefix_len - 1 may carry weight.
 - Under **bidirectional** and **custom** (block-causal) attention the state at position i
   predicts its *own* token, and its input must not carry that token: input i is blanked,
-  or (next-scale) holds the token of its parent in the coarser scale. No other position
-  it sees carries it either.
+  or (next-scale) holds the token of its parent in the coarser scale (or, with continuous
+  inputs, the coarser scales' reconstruction at i). No other position it sees carries it.
 
 Positions index the batch's sequence (next-token-style objectives drop the last input,
 which has no next token). A target counts only where the batch's `pad` and `loss_mask`
