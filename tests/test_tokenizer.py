@@ -143,3 +143,31 @@ def test_signal_metrics_separate_real_from_noise():
     assert noise["valid_fraction"] == 0.0
     shuffled = signal_metrics(x, c[torch.randperm(200)])
     assert shuffled["valid_fraction"] == 1.0 and shuffled["class_match"] < 0.5
+
+
+def test_tokenizer_resumes_exactly(tmp_path):
+    """4 steps in one go == resuming those 4 steps from the checkpoint written at step 2."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def run(root, ckpt_path=None, save=False):
+        pl.seed_everything(0)
+        tok = SignalTokenizer(**TINY, warmup_steps=1, max_steps=4)
+        dm = SyntheticScalesDataModule(n_examples=40, length=16, n_positions=4, batch_size=8)
+        callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_top_k=-1)]
+        pl.Trainer(
+            max_steps=4,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=root,
+            callbacks=callbacks if save else [],
+            enable_checkpointing=save,
+        ).fit(tok, datamodule=dm, ckpt_path=ckpt_path)
+        return tok
+
+    straight = run(tmp_path / "a", save=True).state_dict()
+    (half,) = (tmp_path / "a").glob("*step=2.ckpt")
+    resumed = run(tmp_path / "b", ckpt_path=half).state_dict()
+    for k, v in resumed.items():
+        assert torch.equal(v, straight[k]), k
