@@ -16,7 +16,8 @@ decode: the cumulative code after level s (VAR's f_hat, at the finest level's to
   each query independent, so any M can be decoded) that map to surface points.
 
 Loss: Chamfer distance (PointFlow's definition, metrics.py) between the decoded set and
-the whole input at one random level per shape (in training the encoder reads a random
+the whole input at one random level per shape (`train_levels="final+random"`: and at the
+finest level, every step, so the fine levels' tokens get a gradient on every batch) (in training the encoder reads a random
 `train_points` subset and `train_points` points are decoded) + the quantiser's auxiliary term. We chose points
 with a Chamfer loss over an occupancy field because the training data are surface samples
 (the ModelNet clouds have no inside / outside labels and many meshes are not watertight),
@@ -73,9 +74,12 @@ class PointTokenizer(Tokenizer):
         quantizer: dict | None = None,
         train_points: int = 512,
         aux_weight: float = 1.0,
+        train_levels: str = "random",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if train_levels not in ("random", "final+random"):
+            raise ValueError(f"train_levels must be random or final+random, not {train_levels!r}")
         sizes = [int(n) for n in scales]
         for a, b in zip(sizes, sizes[1:]):
             if b < a:
@@ -159,6 +163,9 @@ class PointTokenizer(Tokenizer):
             f_hat = torch.stack(cumulative)[level, torch.arange(B, device=points.device)]
             seeds = sphere_seeds(B, self.hparams.train_points, generator)
             cd = chamfer_distance(self.decode_codes(f_hat, 0, seeds), points).mean()
+            if self.hparams.train_levels == "final+random":  # the finest level every step
+                final = chamfer_distance(self.decode_codes(cumulative[-1], 0, seeds), points)
+                cd = (cd + final.mean()) / 2
         else:  # every level, same seeds: the per-level reconstruction curve
             seeds = sphere_seeds(B, points.shape[1], generator)
             per_level = [
