@@ -47,3 +47,41 @@ def test_tiny_mattergpt_generates_parseable_slices(tmp_path):
         parse(text)  # every finished sample parses
     for r in dm.records[:3]:  # the training strings themselves decode
         assert decode(r["slices"]).ok
+
+    # the CLI: grammar in syntax mode (augment=1), a tight length budget so that some rows
+    # are cut and resampled; what it writes is canonical and every row is accounted for
+    import json
+
+    import yaml
+
+    from domains.crystals.codec import canonical
+    from domains.crystals.slices import check
+    from seqmodels.cli import main
+
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    config = tmp_path / "config.yaml"
+    init = {"source": "aflow", "max_atoms": 4, "batch_size": 8, "augment": 1, "seed": 0}
+    config.write_text(
+        yaml.safe_dump({"data": {"class_path": "domains.crystals.data.CrystalsDataModule",
+                                 "init_args": init}})
+    )  # fmt: skip
+    result = tmp_path / "result.json"
+    import os
+
+    os.environ["SEQMODELS_RESULT"] = str(result)
+    try:
+        out = tmp_path / "s.tsv"
+        args = ["crystals", "generate", "--ckpt", str(ckpt), "--config", str(config), "--n", "4"]
+        assert main([*args, "--max-new-tokens", "60", "--resample", "2", "--out", str(out)]) == 0
+    finally:
+        del os.environ["SEQMODELS_RESULT"]
+    metrics = json.loads(result.read_text())
+    assert metrics["samples"] == 4 and metrics["raw_slices_validity"] <= metrics["slices_validity"]
+    assert metrics["raw_slices_validity"] == 1.0 or metrics["resampled"] > 0  # (here: 0.75, 1)
+    rows = out.read_text().splitlines()[1:]
+    assert len(rows) == 4
+    for row in rows:
+        s = row.split("\t")[-1]
+        if check(s)[0]:
+            assert canonical(s) == s
