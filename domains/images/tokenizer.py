@@ -6,8 +6,9 @@ patch); the K register outputs are FSQ-quantised into K ids. Nested dropout keep
 k tokens (k uniform or a power of two) and masks the rest, so every prefix decodes:
 coarse (k = 1) to fine (k = K).
 
-layout "grid" (the comparison): one token per patch, raster order, a bidirectional ViT
-encoder, the same FSQ, decoder and nested dropout: a prefix of k ids is the top rows.
+layout "grid" (the comparison): one token per patch in raster order; the ViT encoder is
+raster-causal (token i sees patches 0..i), so a prefix of k ids describes exactly the first
+k patches, the top rows; the same FSQ, decoder and nested dropout.
 
 Decoders (`decoder`):
 - "mse": learned per-patch queries and the k kept tokens through a bidirectional
@@ -92,7 +93,10 @@ class ImageTokenizer(Tokenizer):
         self.n_tokens, self.n_patches, self.patch = n_tokens, n_patches, patch_size
         self.size = (image_size, image_size)
         self.layout, self.decoder_kind, self.flow_steps = layout, decoder, flow_steps
-        mask = self.embed.mask if layout == "1d" else "bidirectional"
+        # grid: raster-causal, so a prefix of k ids describes exactly the first k patches.
+        # (A bidirectional grid encoder trained with nested dropout learned to put global
+        # content into its first ids: a 1D tokenizer in disguise, not a 2D grid.)
+        mask = self.embed.mask if layout == "1d" else "causal"
         self.encoder_mask = mask
         self.encoder = SelfAttentionStack(
             d_model, n_heads, encoder_layers, n_patches + n_reg, rope=False

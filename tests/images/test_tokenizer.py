@@ -48,8 +48,17 @@ def test_decode_uses_only_the_first_k_ids():
         tok.decode(ids[:, :0])
 
 
-def test_grid_layout_has_one_token_per_patch():
-    assert _tok(layout="grid").encode({"image": torch.rand(2, 1, 8, 8)}).shape == (2, 16)
+def test_grid_prefix_describes_only_the_first_patches():
+    tok = _tok(layout="grid")
+    x = torch.rand(2, 1, 8, 8)
+    ids = tok.encode({"image": x})
+    assert ids.shape == (2, 16)  # one token per 2x2 patch
+    y = x.clone()
+    y[:, :, 4:] = torch.rand(2, 1, 4, 8)  # new bottom half: patches 8..15
+    with torch.no_grad():  # continuous features: a change too small to flip a code shows
+        a, b = tok._features(x), tok._features(y)
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+    assert not torch.allclose(a[:, 8:], b[:, 8:], atol=1e-3)
     with pytest.raises(ValueError, match="n_tokens must be 16"):
         _tok(layout="grid", n_tokens=8)
 
