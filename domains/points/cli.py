@@ -23,6 +23,8 @@ EXAMPLES = {
     "evaluate": "seqmodels points evaluate --samples generated/samples.npz --source modelnet10 "
     "--classes chair --out eval/",
     "render": "seqmodels points render generated/samples.npz --per-class 8 --out shapes.png",
+    "compare": "seqmodels points compare --runs cross_scale=runs/p/eval_xs_s0,runs/p/eval_xs_s1 "
+    "raster=runs/p/eval_raster_s0,runs/p/eval_raster_s1 --out runs/p/compare",
 }
 
 
@@ -268,6 +270,69 @@ def cmd_render(args) -> dict:
     return {"shapes": sum(len(v) for _, v in rows)}
 
 
+def cmd_compare(args) -> dict:
+    """Mean and spread over seeds of each model's metrics (evaluate folders), per class,
+    with the references of the first run beside them; a markdown table and a bar plot."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    refs: dict[str, dict[str, float]] = {}
+    for spec in args.runs:
+        name, _, folders = spec.partition("=")
+        if not folders:
+            raise _err(f"--runs takes NAME=FOLDER[,FOLDER...], got {spec!r}")
+        for folder in folders.split(","):
+            path = Path(folder) / "metrics.json"
+            if not path.is_file():
+                raise _err(f"{path}: no metrics.json (run `points evaluate` first)")
+            data = json.loads(path.read_text())
+            for cls, res in data.items():
+                if not isinstance(res, dict) or "model" not in res:
+                    continue
+                for k, v in res["model"].items():
+                    rows.setdefault(f"{name} ({cls})", {}).setdefault(k, []).append(v)
+                for who in ("train_copy", "tokenized_train_copy", "single_shape"):
+                    if who in res and f"{who} ({cls})" not in refs:
+                        refs[f"{who} ({cls})"] = res[who]
+    keys = ["MMD-CD", "COV-CD", "1-NNA-CD"]
+    summary = {
+        r: {
+            k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+            for k, v in m.items()
+        }
+        for r, m in rows.items()
+    }
+    lines = ["| model | seeds | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for r, m in summary.items():
+        n = m[keys[0]]["n"]
+        cells = [f"{m[k]['mean']:.4f} +- {m[k]['std']:.4f}" for k in keys]
+        lines.append(f"| {r} | {n} | " + " | ".join(cells) + " |")
+    for r, m in refs.items():
+        lines.append(f"| {r} | - | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    (out / "metrics.json").write_text(json.dumps({"models": summary, "references": refs}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    names = list(summary) + list(refs)
+    for ax, k in zip(axes, keys):
+        means = [summary[n][k]["mean"] if n in summary else refs[n][k] for n in names]
+        errs = [summary[n][k]["std"] if n in summary else 0 for n in names]
+        ax.bar(
+            range(len(names)), means, yerr=errs, color=["C0"] * len(summary) + ["C7"] * len(refs)
+        )
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_title(k)
+    fig.tight_layout()
+    fig.savefig(out / "compare.png", dpi=110)
+    plt.close(fig)
+    print("\n".join(lines))
+    return {f"{r}/{k}": v["mean"] for r, m in summary.items() for k, v in m.items()}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from seqmodels.commands import add_flag
 
@@ -328,3 +393,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--per-class", type=int, default=8)
     add_flag(p, "--out", required=True, help="PNG path")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "compare",
+        help="mean and spread over seeds of evaluate runs, a table and a plot",
+        epilog=f"example:\n  {EXAMPLES['compare']}",
+        formatter_class=raw,
+    )
+    add_flag(p, "--runs", nargs="+", required=True, help="NAME=EVAL_FOLDER[,EVAL_FOLDER...]")
+    add_flag(p, "--out", required=True, help="folder for compare.md, compare.png, metrics.json")
+    p.set_defaults(func=cmd_compare)

@@ -8,7 +8,9 @@ from domains.points.io import write_ply
 from seqmodels.cli import main
 
 
-@pytest.mark.parametrize("command", ["encode", "decode", "generate", "evaluate", "render"])
+@pytest.mark.parametrize(
+    "command", ["encode", "decode", "generate", "evaluate", "render", "compare"]
+)
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["points", command, "--help"])
@@ -35,3 +37,21 @@ def test_render_reports_a_bad_file_and_still_writes(tmp_path, capsys):
     assert code != 0
     assert "bad.xyz: 5 points, fewer than the 100 requested" in err
     assert (tmp_path / "shapes.png").stat().st_size > 1000
+
+
+def test_compare_mean_and_spread_over_seeds(tmp_path, capsys):
+    import json
+
+    folders = []
+    for i, nna in enumerate([0.7, 0.8]):
+        d = tmp_path / f"eval_s{i}"
+        d.mkdir()
+        model = {"MMD-CD": 0.02, "COV-CD": 0.3, "1-NNA-CD": nna}
+        ref = {"MMD-CD": 0.01, "COV-CD": 0.6, "1-NNA-CD": 0.5}
+        (d / "metrics.json").write_text(json.dumps({"chair": {"model": model, "train_copy": ref}}))
+        folders.append(str(d))
+    code = main(["points", "compare", "--runs", "xs=" + ",".join(folders), "--out", str(tmp_path)])
+    assert code == 0
+    table = (tmp_path / "compare.md").read_text()
+    assert "| xs (chair) | 2 | 0.0200 +- 0.0000 | 0.3000 +- 0.0000 | 0.7500 +- 0.0500 |" in table
+    assert "| train_copy (chair) | - |" in table and (tmp_path / "compare.png").is_file()
