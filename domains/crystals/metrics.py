@@ -8,6 +8,9 @@ total-variation distances (0 = identical, 1 = disjoint).
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -146,10 +149,33 @@ def wasserstein_distances(samples: Sequence[Structure], reference: Sequence[Stru
 COV_CUTOFFS = {"struc": 0.4, "comp": 10.0}  # CDVAE's MP-20 thresholds
 
 
+FINGERPRINT_SECONDS = 10.0  # CrystalNN can search for minutes in a cell with vacuum
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Raise TimeoutError after `seconds` (SIGALRM; no limit outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _ring(signum, frame):
+        raise TimeoutError(f"over {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def fingerprints(structures: Sequence[Structure | None], progress: bool = False):
     """(structure fingerprints, composition fingerprints) as CDVAE computes them: the mean of
     matminer's CrystalNN site fingerprints ("ops" preset) and Magpie element properties; None
-    where a structure is missing or its fingerprint fails."""
+    where a structure is missing or its fingerprint fails or takes over FINGERPRINT_SECONDS
+    (CDVAE counts a failed fingerprint as invalid)."""
     from matminer.featurizers.composition.composite import ElementProperty
     from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
 
@@ -169,7 +195,8 @@ def fingerprints(structures: Sequence[Structure | None], progress: bool = False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                fp = np.mean([site_fp.featurize(s, i) for i in range(len(s))], axis=0)
+                with _deadline(FINGERPRINT_SECONDS):
+                    fp = np.mean([site_fp.featurize(s, i) for i in range(len(s))], axis=0)
                 cf = np.asarray(comp_fp.featurize(s.composition), float)
             except Exception:  # CDVAE counts a failed fingerprint as invalid; so do we
                 fp = cf = None

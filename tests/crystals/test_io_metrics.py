@@ -139,3 +139,9 @@ def test_properties_are_measured_on_structures_and_proxies_are_named(rocksalt, p
     nacl = "Na Cl 0 1 ooo 0 1 +oo 0 1 o+o 0 1 oo+"
     same = "Na Cl 0 1 oo+ 0 1 o+o 1 0 -oo 0 1 ooo"  # the same graph, spelled differently
     assert string_uniqueness([nacl, same]) == 0.5
+
+
+def test_fingerprint_time_bound(rocksalt, monkeypatch):
+    monkeypatch.setattr(M, "FINGERPRINT_SECONDS", 1e-4)  # nothing finishes in 0.1 ms
+    struc, comp = M.fingerprints([rocksalt])
+    assert struc == [None] and comp == [None]
