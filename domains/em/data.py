@@ -55,6 +55,20 @@ def load_source(
         vs = tuple(voxel_size or (4.0, 1.0, 1.0))
         raw, inst = make_synthetic(tuple(synthetic_shape), synthetic_cells, vs, seed=seed)
         return EMData(raw, inst, vs, False, "synthetic")
+    if source == "isbi_all":
+        # The 30 labelled ISBI sections then the 30 unlabelled ones of the challenge's
+        # test stack (0..29 and 30..59 here), each stack normalised on its own.
+        parts = []
+        for name in ("isbi2012", "isbi2012_test"):
+            root = data_path("em", name)
+            if root is None:
+                raise VolumeError(
+                    f"isbi_all: ../shared/data/em/{name} not found (set SEQMODELS_DATA)"
+                )
+            vs = voxel_size or ISBI_VOXEL_NM
+            parts.append(load_volume(root / "volume.tif", voxel_size=vs, norm=norm))
+        raw = np.concatenate([v.data for v in parts])
+        return EMData(raw, None, parts[0].voxel_size, True, "isbi_all")
     if source == "isbi":
         root = data_path("em", "isbi2012")
         if root is None:
@@ -66,6 +80,25 @@ def load_source(
     vol = load_volume(source, key, voxel_size=voxel_size or (1.0, 1.0, 1.0), norm=norm)
     lab = load_labels(labels, vol.shape, labels_key).astype(np.int64) if labels else None
     return EMData(vol.data, lab, vol.voxel_size, False, vol.name)
+
+
+def section_ranges(n: int, sections, name: str) -> list[slice]:
+    """`[start, stop]` or a list of such ranges, each checked against the stack."""
+    if sections is None or (len(sections) and not isinstance(sections[0], (list, tuple))):
+        return [section_range(n, sections, name)]
+    return [section_range(n, list(r), name) for r in sections]
+
+
+def check_disjoint(named: dict[str, list[int] | None], name: str = "sections") -> None:
+    """Raise when two of the named [start, stop] section ranges overlap."""
+    items = [(k, v) for k, v in named.items() if v is not None]
+    for i, (a, ra) in enumerate(items):
+        for b, rb in items[i + 1 :]:
+            if ra[0] < rb[1] and rb[0] < ra[1]:
+                raise VolumeError(
+                    f"{name}: {a} sections {list(ra)} overlap {b} sections {list(rb)}; "
+                    "tune, train and test sections must be disjoint"
+                )
 
 
 def section_range(n: int, sections: list[int] | None, name: str) -> slice:
@@ -80,7 +113,9 @@ def section_range(n: int, sections: list[int] | None, name: str) -> slice:
 class EMDataModule(TokenDataModule):
     """Random crops of a volume as patch tokens: examples {"x": (L, pz*py*px)} or, with
     `levels`, discrete {"ids": quantised patch means}. `sections` keeps crops inside a z
-    range (hold the evaluation sections out of pretraining)."""
+    range, or a list of ranges (hold the evaluation sections out of pretraining).
+    Validation crops (val_fraction of n_crops) come from each section's last crop-height
+    rows and training crops from the rows above: disjoint by construction."""
 
     def __init__(
         self,
@@ -119,19 +154,37 @@ class EMDataModule(TokenDataModule):
             synthetic_cells=self.synthetic_cells,
             seed=self.seed,
         )
-        raw = em.raw[section_range(em.raw.shape[0], self.sections, em.name)]
-        check_crop(raw.shape, self.crop, self.patch, em.name)
+        vols = [em.raw[sl] for sl in section_ranges(em.raw.shape[0], self.sections, em.name)]
+        for v in vols:
+            check_crop(v.shape, self.crop, self.patch, em.name)
+        cy = self.crop[1]
+        n_val = round(self.n_crops * self.val_fraction)
+        if n_val and any(v.shape[1] < 2 * cy for v in vols):
+            raise VolumeError(
+                f"{em.name}: validation crops come from the last {cy} rows, training crops "
+                f"from the rest; sections of {vols[0].shape[1]} rows need a crop of at most "
+                f"{vols[0].shape[1] // 2} rows (or val_fraction 0)"
+            )
+        # Validation crops from the bottom band of rows, training crops from above it:
+        # no validation voxel is ever a training voxel.
+        bands = {"train": [v[:, : v.shape[1] - cy] if n_val else v for v in vols],
+                 "val": [v[:, v.shape[1] - cy :] for v in vols]}  # fmt: skip
         rng = np.random.default_rng(self.seed)
         examples = []
-        for _ in range(self.n_crops):
-            c = crop_at(raw, random_crop_origin(raw.shape, self.crop, rng), self.crop)
+        for i in range(self.n_crops):
+            split = "val" if i < n_val else "train"
+            region = bands[split]
+            depth = np.array([v.shape[0] - self.crop[0] + 1 for v in region], dtype=np.float64)
+            v = region[int(rng.choice(len(region), p=depth / depth.sum()))]
+            c = crop_at(v, random_crop_origin(v.shape, self.crop, rng), self.crop)
             c = _augment(c, rng)
             tok = patchify(np.ascontiguousarray(c), self.patch)
             if self.levels is None:
-                examples.append({"x": torch.from_numpy(np.ascontiguousarray(tok))})
+                ex = {"x": torch.from_numpy(np.ascontiguousarray(tok))}
             else:
                 ids = quantise(tok, self.levels) + self.vocab.token_to_id("q0")
-                examples.append({"ids": ids.tolist()})
+                ex = {"ids": ids.tolist()}
+            examples.append({**ex, "split": split})
         return examples
 
 
@@ -146,4 +199,12 @@ def _augment(c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.rot90(c, k, axes=(1, 2))
 
 
-__all__ = ["EMData", "EMDataModule", "load_source", "normalise", "section_range"]
+__all__ = [
+    "EMData",
+    "EMDataModule",
+    "check_disjoint",
+    "load_source",
+    "normalise",
+    "section_range",
+    "section_ranges",
+]

@@ -17,6 +17,7 @@ def evaluate_volume(
     holds the watershed's method, threshold and seed_threshold."""
     aff = model.predict_volume(raw)
     seg = watershed(aff, per_section=per_section, **ws)
+    aff = aff[:3]  # the figures show the nearest-neighbour channels
     m = metrics(labels, seg)
     m["n_segments"] = float(len(np.unique(seg)))
     m["n_true"] = float(len(np.unique(labels[labels > 0])))
@@ -24,12 +25,18 @@ def evaluate_volume(
 
 
 def tune_watershed(
-    model, raw: np.ndarray, labels: np.ndarray, per_section: bool, method: str
+    model,
+    raw: np.ndarray,
+    labels: np.ndarray,
+    per_section: bool,
+    method: str,
+    scoring: str = "mean",
 ) -> dict:
-    """Pick the watershed thresholds on labelled sections the model was trained on."""
-    best = tune(model.predict_volume(raw), labels, per_section, method)
+    """Pick the watershed thresholds on labelled tuning sections (not the test ones)."""
+    best = tune(model.predict_volume(raw), labels, per_section, method, scoring=scoring)
     return {
         "method": method,
+        "scoring": scoring,
         "threshold": best["threshold"],
         "seed_threshold": best["seed_threshold"],
     }
@@ -87,6 +94,32 @@ def compare_figure(rows: dict[str, dict], path: Path) -> None:
         a.bar(names, [rows[n][k] for n in names], color=["C0", "C1", "C2", "C3"][: len(names)])
         a.set_title(f"{k} (lower is better)")
         a.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def curve_figure(arms: dict[str, dict[int, dict]], path: Path) -> None:
+    """VOI (mean +- sd) against the number of labelled sections, one line per arm, and
+    the threshold baseline (dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (arm, pts) in enumerate(arms.items()):
+        ns = sorted(pts)
+        ax.errorbar(ns, [pts[n]["voi"] for n in ns], yerr=[pts[n]["voi_sd"] for n in ns],
+                    marker="o", capsize=3, label=arm, color=f"C{i}")  # fmt: skip
+    base = [v["baseline_voi"] for pts in arms.values() for v in pts.values() if v["baseline_voi"]]
+    if base:
+        ax.axhline(float(np.mean(base)), ls=":", color="grey", label="threshold baseline")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("labelled training sections")
+    ax.set_ylabel("VOI split + merge (lower is better)")
+    ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -42,12 +42,17 @@ def read_array(path: str | Path, key: str | None = None) -> np.ndarray:
 
         with h5py.File(path, "r") as f:
             if key is None:
-                names = [k for k in f if isinstance(f[k], h5py.Dataset)]
+                # Every dataset in the file, nested ones included (e.g. volumes/raw).
+                names: list[str] = []
+                f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
                 if len(names) != 1:
-                    raise VolumeError(f"{path}: pass a dataset key, one of {sorted(f)}")
+                    raise VolumeError(f"{path}: pass a dataset key, one of {sorted(names)}")
                 key = names[0]
             if key not in f:
                 raise VolumeError(f"{path}: no dataset {key!r}; has {sorted(f)}")
+            if not isinstance(f[key], h5py.Dataset):
+                inside = sorted(f[key])
+                raise VolumeError(f"{path}: {key!r} is a group, not a dataset; it holds {inside}")
             return np.asarray(f[key])
     if suffix in (".tif", ".tiff"):
         import tifffile
@@ -88,10 +93,14 @@ def read_array(path: str | Path, key: str | None = None) -> np.ndarray:
 
 
 def check_volume(data: np.ndarray, name: str = "volume") -> np.ndarray:
-    """Raise a clear error for data that is not a usable 3D volume; 2D becomes one slice."""
+    """Raise a clear error for data that is not a usable 3D volume (a 2D image is refused:
+    reading one section as a whole volume is almost always a wrong path or key)."""
     data = np.asarray(data)
     if data.ndim == 2:
-        data = data[None]
+        raise VolumeError(
+            f"{name}: a 2D image {data.shape}, not a (z, y, x) volume; for one section save "
+            "it as a stack of shape (1, Y, X)"
+        )
     if data.ndim != 3:
         raise VolumeError(f"{name}: expected a 3D (z, y, x) volume, got shape {data.shape}")
     if data.size == 0:
@@ -147,7 +156,20 @@ def load_labels(path: str | Path, shape: tuple[int, ...], key: str | None = None
         raise VolumeError(f"{path}: labels of shape {labels.shape} for a volume of {shape}")
     if np.issubdtype(labels.dtype, np.floating) and not np.all(labels == np.round(labels)):
         raise VolumeError(f"{path}: labels must be integers")
-    return labels
+    if labels.dtype == bool:
+        raise VolumeError(f"{path}: a boolean mask, not instance labels (ids 1..n, 0 = boundary)")
+    if labels.size and labels.min() < 0:
+        z, y, x = np.argwhere(labels < 0)[0]
+        raise VolumeError(
+            f"{path}: negative label id {labels[z, y, x]} at (z={z}, y={y}, x={x}); "
+            "instance ids must be >= 0 (0 = boundary / ignore)"
+        )
+    if labels.size and labels.max() > np.iinfo(np.int64).max:  # uint64 ids past int64
+        raise VolumeError(
+            f"{path}: label id {labels.max()} does not fit int64; relabel the instances "
+            "(e.g. skimage.segmentation.relabel_sequential)"
+        )
+    return labels.astype(np.int64)
 
 
 def instances_from_membranes(membranes: np.ndarray, membrane_value: int = 0) -> np.ndarray:

@@ -63,7 +63,7 @@ def test_watershed_per_section_gives_2d_segments():
 
 
 def test_bad_affinity_shape():
-    with pytest.raises(ValueError, match=r"\(3, Z, Y, X\)"):
+    with pytest.raises(ValueError, match=r"\(C >= 3, Z, Y, X\)"):
         watershed(np.zeros((2, 4, 4, 4)))
     with pytest.raises(ValueError, match="differ"):
         metrics(np.zeros((1, 2, 2), int), np.zeros((1, 2, 3), int))
