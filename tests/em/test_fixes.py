@@ -120,3 +120,27 @@ def test_norm_pix_and_baselines():
     assert b["baseline_patch_mean"] < b["baseline_global_mean"]
     b = baselines(n, torch.ones(2, 5))
     assert b["baseline_patch_mean"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_summary_and_curve(tmp_path):
+    import argparse
+    import json
+
+    from domains.em.cli import cmd_curve, summarise
+
+    runs = [{"seed": s, "voi": v, "voi_split": v / 2, "voi_merge": v / 2, "arand": 0.1,
+             "baseline_voi": 2.0, "baseline_arand": 0.3} for s, v in ((0, 1.0), (1, 2.0))]  # fmt: skip
+    m = summarise(runs)
+    assert m["voi"] == pytest.approx(1.5) and m["voi_sd"] == pytest.approx(np.std([1, 2], ddof=1))
+    for arm, n, v in (("scratch", 2, 1.5), ("mixture", 2, 1.2), ("scratch", 4, 1.1)):
+        d = tmp_path / f"{arm}{n}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"voi": v, "voi_sd": 0.1, "baseline_voi": 2}))
+    items = [
+        f"{a}:{n}={tmp_path / f'{a}{n}'}"
+        for a, n in (("scratch", 2), ("mixture", 2), ("scratch", 4))
+    ]
+    out = cmd_curve(argparse.Namespace(runs=items, out=str(tmp_path / "c")))
+    assert out == {"voi_scratch_2": 1.5, "voi_scratch_4": 1.1, "voi_mixture_2": 1.2}
+    assert (tmp_path / "c" / "label_efficiency.png").stat().st_size > 1000
+    assert "| 4 | 1.1000 +- 0.1000 |  |" in (tmp_path / "c" / "label_efficiency.md").read_text()
