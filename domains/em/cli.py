@@ -240,6 +240,9 @@ def load_affinity_model(path: str):
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     try:
+        from .data import check_disjoint
+
+        check_disjoint({"tune": args.tune_sections, "scored": args.sections}, args.model)
         model = load_affinity_model(args.model)
         em = _load(args)
         return _evaluate(model, em, args.sections, args, Path(args.out))
@@ -396,7 +399,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _eval_flags(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="segment held-out sections with a finetuned model")
+    p = sub.add_parser(
+        "evaluate",
+        help="segment held-out sections with a finetuned model, beside the threshold baseline",
+        epilog="example: seqmodels em evaluate --model runs/ft/affinity.ckpt --source my.h5 "
+        "--key raw --labels my_labels.h5 --labels-key ids --tune-sections 0 8 --sections 8 32 "
+        "--out runs/mine",
+    )
     _source_flags(p)
     add_flag(p, "--model", required=True, help="affinity.ckpt from `em finetune`")
     add_flag(p, "--sections", type=int, nargs=2, default=None, metavar=("START", "STOP"))

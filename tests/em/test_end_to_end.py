@@ -164,8 +164,9 @@ def test_pretrain_finetune_segment(tmp_path):
 @pytest.mark.slow
 def test_cli_sections_seeds_and_baseline(tmp_path):
     import argparse
+    import json
 
-    from domains.em.cli import cmd_finetune, register
+    from domains.em.cli import cmd_evaluate, cmd_finetune, register
     from seqmodels.commands import CLIError
 
     root = argparse.ArgumentParser()
@@ -184,4 +185,13 @@ def test_cli_sections_seeds_and_baseline(tmp_path):
     )
     assert m["n_seeds"] == 2 and m["voi_sd"] >= 0 and "baseline_voi" in m
     assert (tmp_path / "c" / "report.md").is_file()
-    assert (tmp_path / "c" / "seed_1" / "affinity.ckpt").is_file()
+    ckpt = tmp_path / "c" / "seed_1" / "affinity.ckpt"
+    ev = ["em", "evaluate", "--source", "synthetic", "--synthetic-shape", "16", "64", "64",
+          "--synthetic-cells", "8", "--model", str(ckpt), "--sections", "8", "16",
+          "--method", "skimage", "--out", str(tmp_path / "e")]  # fmt: skip
+    again = cmd_evaluate(root.parse_args(ev))
+    first = json.loads((tmp_path / "c" / "seed_1" / "metrics.json").read_text())
+    assert again["voi"] == pytest.approx(first["voi"])  # the checkpoint rebuilds the model
+    assert again["baseline_voi"] == pytest.approx(first["baseline_voi"])
+    with pytest.raises(CLIError, match="overlap"):
+        cmd_evaluate(root.parse_args([*ev, "--tune-sections", "0", "10"]))
