@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--schedule-steps", type=int, default=None, help="SeqLM max_steps")
     ap.add_argument("--kill-at", type=int, default=0)
     ap.add_argument("--every", type=int, default=5, help="checkpoint every N steps")
+    ap.add_argument("--keep", action="store_true", help="keep every checkpoint, not only last")
     ap.add_argument("--devices", type=int, default=1, help=">1: DDP on CPU (gloo)")
     ap.add_argument("--resume", default=None)
     args = ap.parse_args()
@@ -90,7 +91,10 @@ def main() -> None:
     rank = int(os.environ.get("LOCAL_RANK", 0))
     callbacks = [
         ModelCheckpoint(
-            dirpath=root / "checkpoints", every_n_train_steps=args.every, save_last=True
+            dirpath=root / "checkpoints",
+            every_n_train_steps=args.every,
+            save_last=True,
+            save_top_k=-1 if args.keep else 1,
         ),
         Record(root / f"run_rank{rank}.json", args.kill_at),
     ]
