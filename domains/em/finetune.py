@@ -76,6 +76,9 @@ class AffinityModel(FinetuneModule):
         per_section: bool = False,
         **finetune,
     ):
+        # The head starts from the random state the caller seeded, whatever the backbone
+        # (loaded or fresh) drew first: at one seed every arm gets the same fresh head.
+        object.__setattr__(self, "_head_rng", torch.get_rng_state())
         crop, patch = tuple(int(c) for c in crop), tuple(int(p) for p in patch)
         check_crop(crop, crop, patch, "affinity model")  # a multiple of the patch, now
         offsets = check_offsets(offsets)
@@ -113,6 +116,10 @@ class AffinityModel(FinetuneModule):
             **{k: v for k, v in finetune.items() if k != "backbone_config"},
         }  # fmt: skip
         self.pretrained = pretrained
+
+    def _build_heads(self) -> None:
+        torch.set_rng_state(self._head_rng)
+        super()._build_heads()
 
     def checkpoint(self) -> dict:
         """What `load_affinity_model` needs: weights and arguments, no pretrained path."""

@@ -152,6 +152,12 @@ def test_pretrain_finetune_segment(tmp_path):
     )  # fmt: skip
     before = model.lm.backbone.layers[0].mixer.A_log.detach().clone()
     assert torch.equal(before, lm.model.backbone.layers[0].mixer.A_log.detach())  # loaded
+    pl.seed_everything(5)
+    pre = AffinityModel(SMALL["crop"], SMALL["patch"], pretrained=str(ckpt))
+    pl.seed_everything(5)
+    fresh = _scratch()
+    for (n, p), (_, q) in zip(pre.heads.named_parameters(), fresh.heads.named_parameters()):
+        assert torch.equal(p, q), n  # same seed, same fresh head, whatever the backbone
     train_affinities(model, em.raw[:8], em.labels[:8], steps=2, batch_size=2, out=tmp_path)
     # frozen for the first half of the 4 steps: the backbone has not moved yet
     assert torch.equal(before, model.lm.backbone.layers[0].mixer.A_log.detach())
