@@ -434,9 +434,10 @@ class FinetuneModule(_Optimised):
     see each other). A conditioned backbone gets the batch's `cond`, or when a batch
     has none a learned condition vector `default_cond` (initialised to zeros).
     backbone_lr: the backbone's learning rate (default lr); layer_lr_decay < 1 scales
-    it by decay**k for the layer k places below the top (embeddings lowest).
-    freeze_backbone: frozen for the whole run; freeze_fraction: frozen (lr 0, no
-    backbone gradients) for that fraction of the total steps, then trained.
+    it by decay**k for parameters k levels below the top (final norm, then the layers
+    top down, embeddings lowest). freeze_backbone: frozen for the whole run;
+    freeze_fraction: frozen (lr 0, no backbone gradients) for that fraction of the
+    total steps, then trained, its warmup starting when it unfreezes.
     Logs per-task metrics: accuracy, MCC, F1 (classification); MAE, RMSE (regression).
     """
 
