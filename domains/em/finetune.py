@@ -76,9 +76,10 @@ class AffinityModel(FinetuneModule):
         per_section: bool = False,
         **finetune,
     ):
-        # The head starts from the random state the caller seeded, whatever the backbone
-        # (loaded or fresh) drew first: at one seed every arm gets the same fresh head.
-        object.__setattr__(self, "_head_rng", torch.get_rng_state())
+        # The head draws from its own stream, seeded from the caller's seeded state before
+        # the backbone (loaded or fresh) draws anything: at one seed every arm gets the
+        # same fresh head, independent of the scratch backbone's weights.
+        object.__setattr__(self, "_head_seed", int(torch.randint(2**62, (1,))))
         crop, patch = tuple(int(c) for c in crop), tuple(int(p) for p in patch)
         check_crop(crop, crop, patch, "affinity model")  # a multiple of the patch, now
         offsets = check_offsets(offsets)
@@ -118,8 +119,9 @@ class AffinityModel(FinetuneModule):
         self.pretrained = pretrained
 
     def _build_heads(self) -> None:
-        torch.set_rng_state(self._head_rng)
-        super()._build_heads()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._head_seed)
+            super()._build_heads()
 
     def checkpoint(self) -> dict:
         """What `load_affinity_model` needs: weights and arguments, no pretrained path."""
