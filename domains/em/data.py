@@ -123,7 +123,7 @@ class EMDataModule(TokenDataModule):
         key: str | None = None,
         voxel_size: list[float] | None = None,
         norm: str = "percentile",
-        sections: list[int] | None = None,
+        sections: list[int] | list[list[int]] | None = None,
         crop: tuple[int, int, int] = DEFAULT_CROP,
         patch: tuple[int, int, int] = DEFAULT_PATCH,
         n_crops: int = 128,

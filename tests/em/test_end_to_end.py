@@ -201,3 +201,18 @@ def test_cli_sections_seeds_and_baseline(tmp_path):
     assert again["baseline_voi"] == pytest.approx(first["baseline_voi"])
     with pytest.raises(CLIError, match="overlap"):
         cmd_evaluate(root.parse_args([*ev, "--tune-sections", "0", "10"]))
+
+
+@pytest.mark.parametrize(
+    "config", ["pretrain_isbi_mixture.yaml", "pretrain_isbi_random.yaml", "pretrain_synthetic.yaml"]
+)
+def test_pretraining_configs_parse(config):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "recipes" / "em" / config
+    cmd = [sys.executable, "-m", "seqmodels", "fit", "--config", str(path), "--print_config"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "domains.em.pretrain.EMPretrainLM" in r.stdout
