@@ -92,7 +92,13 @@ def property_metrics(structures, targets, names, predicted=None) -> tuple[dict, 
     used = [[None] * len(names) for _ in structures]
     for p, name in enumerate(names):
         if name in M.MEASURABLE:
-            vals = [M.measured_properties(s)[name] if s is not None else None for s in structures]
+            # a collapsed or overlapping geometry has no meaningful density: valid ones only
+            vals = [
+                M.measured_properties(s)[name]
+                if s is not None and M.is_structurally_valid(s)
+                else None
+                for s in structures
+            ]
             prefix = ""
         elif predicted is not None:
             vals = [row[p] if row is not None and s is not None else None
