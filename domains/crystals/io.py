@@ -170,7 +170,9 @@ def resolve(source: str | Path) -> Path:
 
     found = data_path(*text[5:].split("/"))
     if found is None:
-        raise FileNotFoundError(f"{text}: not found under the data root (set SEQMODELS_DATA)")
+        from seqmodels.datasets import fetch_hint
+
+        raise FileNotFoundError(f"{text}: not found under the data root; {fetch_hint(text[5:])}")
     return found
 
 

@@ -66,9 +66,13 @@ class LabelledTask:
 
 def _resolve(path: str | Path, data_dir: Path | None) -> Path:
     p = Path(path)
-    if p.is_absolute() or data_dir is None:
-        return p
-    return data_dir / p
+    if not (p.is_absolute() or data_dir is None):
+        p = data_dir / p
+    if not p.exists():
+        from seqmodels.datasets import fetch_hint
+
+        raise FileNotFoundError(f"{p}: not found; {fetch_hint('dna/' + Path(path).as_posix())}")
+    return p
 
 
 def load_task(

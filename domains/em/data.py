@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from seqmodels.data import TokenDataModule
+from seqmodels.datasets import fetch_hint
 from seqmodels.paths import data_path
 from seqmodels.vocab import Vocab
 
@@ -63,7 +64,7 @@ def load_source(
             root = data_path("em", name)
             if root is None:
                 raise VolumeError(
-                    f"isbi_all: ../shared/data/em/{name} not found (set SEQMODELS_DATA)"
+                    f"isbi_all: em/{name} not found under the data root; {fetch_hint('em/' + name)}"
                 )
             vs = voxel_size or ISBI_VOXEL_NM
             parts.append(load_volume(root / "volume.tif", voxel_size=vs, norm=norm))
@@ -72,7 +73,9 @@ def load_source(
     if source == "isbi":
         root = data_path("em", "isbi2012")
         if root is None:
-            raise VolumeError("isbi: ../shared/data/em/isbi2012 not found (set SEQMODELS_DATA)")
+            raise VolumeError(
+                f"isbi: em/isbi2012 not found under the data root; {fetch_hint('em/isbi2012')}"
+            )
         vol = load_volume(root / "volume.tif", voxel_size=voxel_size or ISBI_VOXEL_NM, norm=norm)
         membranes = load_labels(root / "membranes.tif", vol.shape)
         # Instances: connected components of non-membrane (255) in each section.

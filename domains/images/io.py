@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqmodels.datasets import fetch_hint
 from seqmodels.paths import data_path
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -253,7 +254,7 @@ def load_mnist(split: str) -> ImageSet:
     if path is None:
         raise ImageError(
             f"MNIST not found: expected images/mnist/{MNIST_FILES[split]} under SEQMODELS_DATA "
-            "(default ../shared/data)"
+            f"(default ../shared/data); {fetch_hint('images/mnist/' + MNIST_FILES[split])}"
         )
     return read_array(path)
 

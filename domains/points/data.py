@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seqmodels.data import TokenDataModule
+from seqmodels.datasets import fetch_hint
 from seqmodels.paths import data_path
 
 from .io import read_shapes
@@ -63,7 +64,7 @@ def modelnet10_folder(cls: str) -> Path:
     if folder is None:
         raise FileNotFoundError(
             f"ModelNet10 clouds for {cls!r} not found under SEQMODELS_DATA or ../shared/data"
-            " (points/modelnet10_pcd/); see the points sections of the data README"
+            f" (points/modelnet10_pcd/); {fetch_hint(f'points/modelnet10_pcd/{cls}_train')}"
         )
     return folder
 

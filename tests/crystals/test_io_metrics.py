@@ -145,3 +145,11 @@ def test_fingerprint_time_bound(rocksalt, monkeypatch):
     monkeypatch.setattr(M, "FINGERPRINT_SECONDS", 1e-4)  # nothing finishes in 0.1 ms
     struc, comp = M.fingerprints([rocksalt])
     assert struc == [None] and comp == [None]
+
+
+def test_missing_shared_file_names_the_fetch_command(tmp_path, monkeypatch):
+    from domains.crystals.io import resolve
+
+    monkeypatch.setenv("SEQMODELS_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="seqmodels data fetch mp20_mini"):
+        resolve("data:crystals/mp20_mini.csv")
