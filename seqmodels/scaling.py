@@ -214,16 +214,22 @@ def analyse(runs: list[Run], rounds: int = 200, seed: int = 0) -> dict:
         for i in held:
             pred = float(law_nd(t_small, n[i : i + 1], d[i : i + 1])[0])
             boot = [float(law_nd(t, n[i : i + 1], d[i : i + 1])[0]) for t in b_small]
-            rows.append(
-                {
-                    "run": done[i].name,
-                    "measured": float(loss[i]),
-                    "predicted": pred,
-                    "predicted_ci95": _ci(boot),
-                    "rel_error": abs(pred - loss[i]) / loss[i],
-                    "compute_vs_largest_fitted": float(c[i] / max_c_train),
-                }
-            )
+            row = {
+                "run": done[i].name,
+                "measured": float(loss[i]),
+                "predicted": pred,
+                "predicted_ci95": _ci(boot),
+                "rel_error": abs(pred - loss[i]) / loss[i],
+                "compute_vs_largest_fitted": float(c[i] / max_c_train),
+            }
+            # The trivial baseline beside the fit: the largest fitted size's loss at the same
+            # token budget (what "more parameters change nothing" predicts).
+            same = [j for j in train if done[j].tokens == done[i].tokens]
+            if same:
+                j = max(same, key=lambda j: n[j])
+                row["baseline_same_budget"] = float(loss[j])
+                row["baseline_rel_error"] = abs(loss[j] - loss[i]) / loss[i]
+            rows.append(row)
         out["extrapolation"] = {
             "fitted_sizes": sorted({done[i].d_model for i in train}),
             "held_out_size": done[held[0]].d_model,
@@ -296,6 +302,7 @@ def plot(runs: list[Run], result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fit = result["fit"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -321,6 +328,8 @@ def plot(runs: list[Run], result: dict, path: Path) -> None:
         ax.plot(6 * n * dd, pred, "-", color=color, alpha=0.7)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 3.9, not 3.9 x 10^0
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("compute C = 6 N D (FLOPs)")
     ax.set_ylabel("validation loss")
     ax.set_title("L(N, D) fit (lines) and runs (points)")
@@ -357,12 +366,18 @@ def write_report(runs: list[Run], result: dict, out: Path, recipe: str, stage: s
         lines += [
             f"## Self-check: fit on widths {ex['fitted_sizes']}, predict width {ex['held_out_size']}",
             "",
-            "| run | compute vs largest fitted | measured | predicted (95% CI) | error |",
-            "|---|---|---|---|---|",
+            "| run | compute vs largest fitted | measured | predicted (95% CI) | error | "
+            "baseline: largest fitted size, same budget (error) |",
+            "|---|---|---|---|---|---|",
             *[
                 f"| {r['run']} | {r['compute_vs_largest_fitted']:.1f}x | {r['measured']:.4f} | "
                 f"{r['predicted']:.4f} ({r['predicted_ci95'][0]:.4f} .. {r['predicted_ci95'][1]:.4f}) "
-                f"| {r['rel_error']:.2%} |"
+                f"| {r['rel_error']:.2%} | "
+                + (
+                    f"{r['baseline_same_budget']:.4f} ({r['baseline_rel_error']:.2%}) |"
+                    if "baseline_same_budget" in r
+                    else "- |"
+                )
                 for r in ex["runs"]
             ],
             "",

@@ -44,6 +44,8 @@ def test_fit_recovers_a_known_law_and_predicts_the_held_out_size():
     ex = res["extrapolation"]
     assert ex["held_out_size"] == 160 and ex["fitted_sizes"] == [32, 48, 64, 96]
     assert ex["max_rel_error"] < 1e-3
+    # beside it, the same-budget copy of the largest fitted size: wrong by the size effect
+    assert all(r["baseline_rel_error"] > 0.01 for r in ex["runs"])
     assert (
         min(r["compute_vs_largest_fitted"] for r in ex["runs"])
         < 4
