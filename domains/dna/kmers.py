@@ -47,26 +47,32 @@ def _codes_2d(codes: np.ndarray, k: int, strand: str) -> np.ndarray:
     return out
 
 
+def _hashed_blocks(seqs: Sequence[str], k: int, strand: str):
+    """(record indices, hashes (n, L - k + 1)) per block of equal-length records at least k
+    long. Equal-length records (promoter sets are fixed-length) hash as one 2-D block, at
+    most 2048 rows at a time (bounded memory for long records)."""
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_len.setdefault(len(s), []).append(i)
+    for length, idx in by_len.items():
+        if length < k:
+            continue
+        for s in range(0, len(idx), 2048):
+            part = np.asarray(idx[s : s + 2048])
+            raw = "".join(seqs[i] for i in part).encode("latin-1", "replace")
+            codes = _CODE[np.frombuffer(raw, np.uint8)].reshape(len(part), length)
+            yield part, _codes_2d(codes, k, strand)
+
+
 def kmer_sets(seqs: Sequence[str], k: int = 32, strand: str = "both") -> list[np.ndarray]:
     """Sorted unique k-mer hashes of each sequence (empty when shorter than k)."""
     _check(k, strand)
     out: list[np.ndarray] = [np.empty(0, np.uint64)] * len(seqs)
-    by_len: dict[int, list[int]] = {}
-    for i, s in enumerate(seqs):
-        by_len.setdefault(len(s), []).append(i)
     invalid = np.iinfo(np.uint64).max
-    for length, idx in by_len.items():
-        if length < k:
-            continue
-        # Equal-length records (promoter sets are fixed-length) are hashed as one 2-D block.
-        for s in range(0, len(idx), 2048):  # bounded memory for long records
-            part = idx[s : s + 2048]
-            raw = "".join(seqs[i] for i in part).encode("latin-1", "replace")
-            codes = _CODE[np.frombuffer(raw, np.uint8)].reshape(len(part), length)
-            hashes = _codes_2d(codes, k, strand)
-            for row, i in enumerate(part):
-                h = np.unique(hashes[row])
-                out[i] = h[h != invalid]
+    for part, hashes in _hashed_blocks(seqs, k, strand):
+        for row, i in enumerate(part):
+            h = np.unique(hashes[row])
+            out[i] = h[h != invalid]
     return out
 
 
@@ -129,21 +135,11 @@ def kmer_counts(seqs: Sequence[str], k: int = 6, strand: str = "both"):
     if k > 12:
         raise ValueError(f"k-mer count features need k <= 12 (4^k columns), got {k}")
     rows, cols = [], []
-    by_len: dict[int, list[int]] = {}
-    for i, s in enumerate(seqs):
-        by_len.setdefault(len(s), []).append(i)
     invalid = np.iinfo(np.uint64).max
-    for length, idx in by_len.items():
-        if length < k:
-            continue
-        for s in range(0, len(idx), 2048):
-            part = np.asarray(idx[s : s + 2048])
-            raw = "".join(seqs[i] for i in part).encode("latin-1", "replace")
-            codes = _CODE[np.frombuffer(raw, np.uint8)].reshape(len(part), length)
-            h = _codes_2d(codes, k, strand)
-            ok = h != invalid
-            rows.append(np.broadcast_to(part[:, None], h.shape)[ok])
-            cols.append(h[ok].astype(np.int64))
+    for part, h in _hashed_blocks(seqs, k, strand):
+        ok = h != invalid
+        rows.append(np.broadcast_to(part[:, None], h.shape)[ok])
+        cols.append(h[ok].astype(np.int64))
     r = np.concatenate(rows) if rows else np.empty(0, np.int64)
     c = np.concatenate(cols) if cols else np.empty(0, np.int64)
     mat = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(seqs), 4**k))
