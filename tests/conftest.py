@@ -1,7 +1,15 @@
+import os
+
 import pytest
 import torch
 
 from seqmodels.vocab import Vocab
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches (e.g. encoded crystals) go to a per-session folder, not the user's ~/.cache."""
+    os.environ["SEQMODELS_CACHE"] = str(tmp_path_factory.mktemp("seqmodels-cache"))
 
 
 @pytest.fixture(autouse=True)
