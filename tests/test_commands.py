@@ -176,3 +176,27 @@ def test_importing_the_cli_recipes_and_report_loads_neither_the_handlers_nor_tor
         "seqmodels.recipes",
         "seqmodels.report",
     }
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, path=()):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaf_parsers(child, (*path, name))
+
+
+def test_every_domain_flag_answers_to_both_spellings():
+    """Recipes write flags as YAML keys in either spelling: every command must take both."""
+    from seqmodels.commands import build_parser
+
+    missing = []
+    for path, p in _leaf_parsers(build_parser()):
+        for action in p._actions:
+            for opt in action.option_strings:
+                if opt.startswith("--") and "-" in opt[2:]:
+                    twin = "--" + opt[2:].replace("-", "_")
+                    if twin not in action.option_strings:
+                        missing.append(f"{' '.join(path)} {opt}")
+    assert not missing, missing

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from seqmodels.commands import add_flag
+
 EXAMPLES = {
     "classifier": "seqmodels images classifier --source mnist --epochs 2 --out runs/i/classifier",
     "encode": "seqmodels images encode --tokenizer runs/i/tokenizer/checkpoints/last.ckpt "
@@ -256,17 +258,18 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 # -- parser ---------------------------------------------------------------------------------
 def _source(p: argparse.ArgumentParser, split: str | None = "test") -> None:
-    p.add_argument(
-        "--source", default="digits", help="digits, mnist, skimage:NAME, a folder or .npy/.npz"
+    add_flag(
+        p, "--source", default="digits", help="digits, mnist, skimage:NAME, a folder or .npy/.npz"
     )
     if split:
-        p.add_argument(
+        add_flag(
+            p,
             "--split",
             default=split,
             choices=["train", "val", "test", "all"],
             help=f"fixed splits (see domains/images/splits.py); default {split}",
         )
-        p.add_argument("--limit", type=int, default=None, help="the first N images of the split")
+        add_flag(p, "--limit", type=int, default=None, help="the first N images of the split")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -289,47 +292,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         cmd_classifier,
     )
     _source(p, split=None)
-    p.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.json")
+    add_flag(p, "--size", type=int, default=None, help="resize images to SIZE x SIZE")
+    add_flag(p, "--epochs", type=int, default=2)
+    add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--out", required=True, help="folder for classifier.pt and metrics.json")
 
     p = add("encode", "images -> token ids (npz: ids, labels, names)", cmd_encode)
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint")
+    add_flag(p, "--tokenizer", required=True, help="tokenizer checkpoint")
     _source(p, split="all")
-    p.add_argument("--out", required=True, help="output .npz")
+    add_flag(p, "--out", required=True, help="output .npz")
 
     p = add("decode", "token ids (a prefix of k per image) -> PNG grid", cmd_decode)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--ids", required=True, help=".npz from `images encode` or `images generate`")
-    p.add_argument("--k", type=int, default=None, help="decode from the first k ids (default all)")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--nrow", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0, help="noise seed of a flow decoder")
-    p.add_argument("--out", required=True, help="output .png")
+    add_flag(p, "--tokenizer", required=True)
+    add_flag(p, "--ids", required=True, help=".npz from `images encode` or `images generate`")
+    add_flag(p, "--k", type=int, default=None, help="decode from the first k ids (default all)")
+    add_flag(p, "--limit", type=int, default=100)
+    add_flag(p, "--nrow", type=int, default=10)
+    add_flag(p, "--seed", type=int, default=0, help="noise seed of a flow decoder")
+    add_flag(p, "--out", required=True, help="output .png")
 
     p = add("generate", "class-conditional samples with classifier-free guidance", cmd_generate)
-    p.add_argument("--model", required=True, help="AR checkpoint (a `seqmodels fit` stage)")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--per-class", type=int, default=10)
-    p.add_argument("--classes", type=int, nargs="*", default=None, help="default: every class")
-    p.add_argument("--k", type=int, default=None, help="tokens per image (default K)")
-    p.add_argument("--guidance", type=float, default=1.0, help="1 = no guidance, 0 = unconditional")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for samples.npz and the PNG grid")
+    add_flag(p, "--model", required=True, help="AR checkpoint (a `seqmodels fit` stage)")
+    add_flag(p, "--tokenizer", required=True)
+    add_flag(p, "--per-class", type=int, default=10)
+    add_flag(p, "--classes", type=int, nargs="*", default=None, help="default: every class")
+    add_flag(p, "--k", type=int, default=None, help="tokens per image (default K)")
+    add_flag(p, "--guidance", type=float, default=1.0, help="1 = no guidance, 0 = unconditional")
+    add_flag(p, "--temperature", type=float, default=1.0)
+    add_flag(p, "--top-k", type=int, default=None)
+    add_flag(p, "--top-p", type=float, default=None)
+    add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--out", required=True, help="folder for samples.npz and the PNG grid")
 
     p = add(
         "evaluate", "reconstruction at every k, and/or scores of generated samples", cmd_evaluate
     )
-    p.add_argument("--tokenizer", nargs="*", default=None, help="NAME=CKPT (one or more)")
-    p.add_argument("--samples", default=None, help="samples.npz from `images generate`")
-    p.add_argument("--classifier", default=None, help="classifier.pt (feature distances)")
+    add_flag(p, "--tokenizer", nargs="*", default=None, help="NAME=CKPT (one or more)")
+    add_flag(p, "--samples", default=None, help="samples.npz from `images generate`")
+    add_flag(p, "--classifier", default=None, help="classifier.pt (feature distances)")
     _source(p)
-    p.add_argument("--ks", type=int, nargs="*", default=None, help="default 1, 2, 4, ..., K")
-    p.add_argument(
-        "--limit-reference", type=int, default=None, help="training images used as reference"
+    add_flag(p, "--ks", type=int, nargs="*", default=None, help="default 1, 2, 4, ..., K")
+    add_flag(
+        p, "--limit-reference", type=int, default=None, help="training images used as reference"
     )
-    p.add_argument("--out", required=True)
+    add_flag(p, "--out", required=True)
