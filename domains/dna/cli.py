@@ -372,7 +372,10 @@ def cmd_synthetic(args: argparse.Namespace) -> dict:
 
     from domains.dna.synthetic import synthetic_examples
 
-    ex = synthetic_examples(args.n, args.length, args.tasks, args.mutation_rate, args.seed)
+    try:
+        ex = synthetic_examples(args.n, args.length, args.tasks, args.mutation_rate, args.seed)
+    except ValueError as err:  # e.g. a length too short for a task's motifs
+        raise CLIError(f"dna synthetic: {err}") from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:

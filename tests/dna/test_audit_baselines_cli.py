@@ -109,3 +109,9 @@ def test_compare_puts_baselines_of_the_models_split_beside_them(tmp_path):
     got = json.loads((out / "metrics.json").read_text())
     assert got["kmer_lr"]["a"]["accuracy"] == 0.7  # the overlap split's, not the random one
     assert "kmer_lr" in (out / "table.md").read_text()
+
+
+def test_synthetic_too_short_is_a_clear_error(tmp_path, capsys):
+    assert main(["dna", "synthetic", "--length", "20", "--out", str(tmp_path / "s.csv")]) == 2
+    assert "too short" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
