@@ -14,6 +14,7 @@ equivalent bases and origins cannot show. Fractional coordinates are wrapped int
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from pymatgen.core import Lattice, Structure
 from domains.crystals.canonical import element_key
 
 WRAP_SHIFT = 0.0379  # no special position (k/2, k/3, k/4, k/6, k/8, k/12, k/24) is this close
+SYMPREC = 0.01  # A; spglib's tolerance for symmetrising the cell before bonds are found
 LENGTH_RTOL = 2e-3  # equal lattice vector lengths (CIF rounding is ~1e-5 relative)
 PRIMITIVE_TOL = 0.05  # A; pymatgen defaults to 0.25, which would also fold genuinely
 # distorted supercells (displacements of ~0.1 A) into a smaller cell; rounding noise is ~1e-4 A
@@ -46,11 +48,33 @@ def reduced_cell(structure: Structure) -> Structure:
     """The primitive, Niggli-reduced cell of an ordered structure, sites wrapped."""
     if not structure.is_ordered:
         raise ValueError("disordered structure: SLICES needs one element per site")
-    prim = structure.get_primitive_structure(tolerance=PRIMITIVE_TOL)
+    # pymatgen's primitive search applies its tolerance per fractional axis, so in a skewed
+    # cell it misses translations it finds in a reduced one: reduce first, then search
+    prim = structure.get_reduced_structure().get_primitive_structure(tolerance=PRIMITIVE_TOL)
+    prim = symmetrized(prim)
     lat = prim.lattice.get_niggli_reduced_lattice()
     frac = lat.get_fractional_coords(prim.cart_coords)
     frac = frac - wrap(frac)
     return Structure(lat, [s.specie for s in prim], frac)
+
+
+def symmetrized(structure: Structure, symprec: float = SYMPREC) -> Structure:
+    """The same primitive cell with positions and lattice made exactly symmetric (spglib).
+
+    Coordinate noise (CIF rounding, a few 1e-3 A in a skewed cell) then no longer tells
+    symmetry copies of a bond apart, and what is left of it only moves free parameters.
+    Unchanged when spglib finds another cell size (a pseudo-translation within symprec)."""
+    import spglib
+
+    numbers = [site.specie.Z for site in structure]
+    cell = (structure.lattice.matrix, structure.frac_coords, numbers)
+    with warnings.catch_warnings():  # spglib 2.x warns about its own None-on-failure API
+        warnings.simplefilter("ignore", DeprecationWarning)
+        std = spglib.standardize_cell(cell, to_primitive=True, symprec=symprec)
+    if std is None or len(std[2]) != len(structure):
+        return structure
+    lattice, frac, z = std
+    return Structure(Lattice(lattice), [int(x) for x in z], frac)
 
 
 def equivalent_bases(lattice: Lattice, rtol: float = LENGTH_RTOL) -> np.ndarray:

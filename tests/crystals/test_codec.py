@@ -27,7 +27,7 @@ def test_round_trip_matches_input(name, request):
 
 def test_econnn_matches_pymatgen(rutile, perovskite):
     for s in (wrapped(rutile), wrapped(perovskite)):
-        mine = {tuple(r) for r in econ_pairs(s).tolist()}
+        mine = {tuple(r) for r in econ_pairs(s, band=0.0).tolist()}
         ref = {
             (i, nn["site_index"], *np.rint(nn["image"]).astype(int).tolist())
             for i, infos in enumerate(EconNN().get_all_nn_info(s))
@@ -160,3 +160,43 @@ def test_check_rejects_duplicate_edges_and_canonical_drops_them():
     ok, why = check(dup)
     assert not ok and "duplicate" in why
     assert canonical(dup) == canonical(text)
+
+
+def _tetragonal(c: float):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.tetragonal(3.0, c), ["Cu"], [[0, 0, 0]])
+
+
+def test_bond_shell_at_the_econnn_threshold_does_not_flip_with_noise():
+    # tune c until the two c-axis neighbours sit exactly at EconNN's weight threshold
+    lo, hi = 3.05, 4.5  # 6 bonds (4 in-plane + 2 along c) at lo, 4 at hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if len(econ_pairs(_tetragonal(mid), band=0.0)) > 4 else (lo, mid)
+    below, above = _tetragonal(lo * (1 - 1e-5)), _tetragonal(hi * (1 + 1e-5))
+    # pymatgen's rule (band 0) flips on a 1e-5 change; the gap rule does not
+    assert len(econ_pairs(below, band=0.0)) != len(econ_pairs(above, band=0.0))
+    assert len(econ_pairs(below)) == len(econ_pairs(above))
+
+
+def test_only_contacts_that_can_change_periodicity_are_candidates(graphite):
+    from domains.crystals.neighbors import _useful, undirected
+
+    s = wrapped(graphite)
+    bonds = undirected(econ_pairs(s))
+    in_layer = np.array([[0, 0, 1, 0, 0], [2, 2, 1, 0, 0]])  # second neighbours in a layer
+    between = np.array([[0, 1, 0, 0, 0], [2, 3, 0, 0, 0]])  # sites 0, 2 at z=1/4; 1, 3 at 3/4
+    assert not _useful(len(s), bonds, in_layer).any()
+    assert _useful(len(s), bonds, between).all()
+
+
+def test_pseudo_translation_is_found_in_a_skewed_cell_too(rocksalt):
+    from pymatgen.core import Lattice, Structure
+
+    sup = rocksalt * [2, 1, 1]
+    sup.translate_sites([0], [0.003, 0, 0])  # 0.01 A off an exact supercell
+    m = np.array([[1, 3, 0], [0, 1, 0], [2, 0, 1]])
+    skewed = Structure(Lattice(m @ sup.lattice.matrix), sup.species, sup.cart_coords,
+                       coords_are_cartesian=True)  # fmt: skip
+    assert parse(encode(skewed)).n_sites == parse(encode(sup)).n_sites == 2
