@@ -360,6 +360,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
             time_limit=args.time_limit,
             reference_n=args.reference_n,
             coverage=not args.no_coverage,
+            formation=args.formation_energy,
         )
     except SamplesError as err:
         raise _err(str(err)) from err
@@ -450,5 +451,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--reference-n", type=int, default=100, help="held-out test crystals (default 100)")
     add_flag(p, "--no-coverage", action="store_true",
              help="skip COV-R / COV-P (CrystalNN fingerprints cost ~0.5 s per structure)")  # fmt: skip
+    add_flag(p, "--formation-energy", action="store_true",
+             help="CHGNet formation energy of every structurally valid decode, relaxation "
+                  "bounded by --time-limit, CHGNet elemental references (keys chgnet/..., a "
+                  "CHGNet-model figure; extra `relax`)")  # fmt: skip
     add_flag(p, "--out", required=True, help="output folder")
     p.set_defaults(func=cmd_evaluate)

@@ -2,8 +2,9 @@
 CIFs, score the structures, and run the same pipeline on held-out test crystals.
 
 Properties are measured on the decoded structures wherever they can be (density, volume
-per atom); a property only a model can give (formation energy, band gap) comes from the
-string-reading predictor and its keys say so (`predictor/...`).
+per atom); formation energy also from CHGNet on the decoded structure when asked
+(`chgnet/...`, a CHGNet-model figure; formation.py); a property only a model can give comes
+from the string-reading predictor and its keys say so (`predictor/...`).
 """
 
 from __future__ import annotations
@@ -156,18 +157,57 @@ def sample_metrics(
 
 
 def decode_all(strings, table, out_dir: Path | None, time_limit: float, relax: str, tag: str):
-    """Decode every string (progress bar); write CIFs into out_dir; count failure reasons."""
+    """Decode every string (progress bar); write CIFs into out_dir; count failure reasons.
+    Returns (structures, reasons, CHGNet energies per atom where relax="chgnet" gave one)."""
     from tqdm import tqdm
 
-    structs, reasons = [], Counter()
+    structs, reasons, energies = [], Counter(), []
     for k, s in enumerate(tqdm(strings, desc=f"decode {tag}")):
         res = decode(s, table, time_limit, relax=relax)
         structs.append(res.structure)
+        energies.append(res.info.get("energy_per_atom"))
         if not res.ok:
             reasons[re.split(r"[:(]", res.reason)[0].strip()] += 1
         elif out_dir is not None:
             res.structure.to(filename=str(out_dir / f"{k:05d}.cif"))
-    return structs, reasons
+    return structs, reasons, energies
+
+
+FORMATION_KEY = "formation_energy_per_atom"  # MP-20's column name
+
+
+def chgnet_formation(structures, energies, refs, time_limit: float, tag: str) -> list:
+    """CHGNet formation energy (eV/atom) of each structurally valid structure, else None."""
+    from tqdm import tqdm
+
+    from domains.crystals.formation import formation_energy
+
+    out = []
+    for s, e in tqdm(list(zip(structures, energies)), desc=f"CHGNet formation energy {tag}"):
+        ok = s is not None and M.is_structurally_valid(s)
+        out.append(formation_energy(s, refs, time_limit, e)[0] if ok else None)
+    return out
+
+
+def formation_all(sets: dict, train, props, out: Path, time_limit: float) -> dict:
+    """chgnet/... metrics for each named set of (structures, energies, targets rows)."""
+    from domains.crystals.formation import ElementReferences, formation_metrics
+
+    refs = ElementReferences(out / "chgnet_element_refs.json")
+    needed = {e.symbol for structs, _, _ in sets.values() for s in structs if s is not None
+              for e in s.composition.elements}  # fmt: skip
+    refs.add_known(s for s in train if {e.symbol for e in s.composition.elements} <= needed)
+    col = props.index(FORMATION_KEY) if FORMATION_KEY in props else None
+    metrics, rows = {}, []
+    for name, (structs, energies, targets) in sets.items():
+        vals = chgnet_formation(structs, energies, refs, time_limit, name)
+        tgt = [t[col] for t in targets] if col is not None else None
+        prefix = "" if name == "samples" else f"{name}/"
+        metrics.update({prefix + k: v for k, v in formation_metrics(vals, tgt).items()})
+        rows += [f"{name}\t{k}\t{'' if v is None else f'{v:.4f}'}" for k, v in enumerate(vals)]
+    (out / "chgnet_formation.tsv").write_text("set\tindex\tformation_energy_eV_per_atom\n"
+                                               + "\n".join(rows) + "\n")  # fmt: skip
+    return metrics
 
 
 def evaluate_samples(
@@ -179,8 +219,13 @@ def evaluate_samples(
     time_limit: float = 5.0,
     reference_n: int = 100,
     coverage: bool = True,
+    formation: bool = False,
 ) -> dict:
-    """The whole pipeline; writes cifs/, bond_table.json, metrics.json and the plot."""
+    """The whole pipeline; writes cifs/, bond_table.json, metrics.json and the plot.
+
+    formation: CHGNet formation energies of the samples, of the reference decodes and of the
+    true held-out crystals (`truth/chgnet/...`: CHGNet's own error against the DFT labels,
+    the yardstick), each relaxation bounded by time_limit; chgnet_formation.tsv per sample."""
     (out / "cifs").mkdir(parents=True, exist_ok=True)
     targets, strings = read_samples(samples, len(dm.properties))
     train = dm.train_structures()
@@ -192,16 +237,29 @@ def evaluate_samples(
     if coverage and truth and train:
         fps = {"reference": M.fingerprints(truth), "scale": M.composition_scale(train)}
 
-    structures, reasons = decode_all(strings, table, out / "cifs", time_limit, relax, "samples")
+    structures, reasons, energies = decode_all(
+        strings, table, out / "cifs", time_limit, relax, "samples"
+    )
     gen, used = sample_metrics(strings, structures, targets, dm, train, truth, predictor, fps)
     # reference: the held-out test crystals' own strings through the same pipeline
     ref_strings = [r["slices"] for r in test]
-    ref_structs, _ = decode_all(ref_strings, table, None, time_limit, relax, "reference")
+    ref_structs, _, ref_energies = decode_all(
+        ref_strings, table, None, time_limit, relax, "reference"
+    )
     ref, _ = sample_metrics(
         ref_strings, ref_structs, [r["props"] for r in test], dm, train, truth, predictor, fps
     )
     metrics = {**gen, **{f"reference/{k}": v for k, v in ref.items()}}
     metrics.update({f"decode_fail/{r}": n for r, n in reasons.items()})
+    if formation:
+        ref_targets = [r["props"] for r in test]
+        sets = {
+            "samples": (structures, energies, targets),
+            "reference": (ref_structs, ref_energies, ref_targets),
+            "truth": (truth, [None] * len(truth),
+                      [r["props"] for r in test if r["structure"] is not None]),
+        }  # fmt: skip
+        metrics.update(formation_all(sets, train, dm.properties, out, time_limit))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     plot(targets, used, dm.properties, out / "generated_vs_target.png")
     return metrics

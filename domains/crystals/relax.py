@@ -48,10 +48,15 @@ def isolated_sites(structure: Structure, cutoff: float = CHGNET_CUTOFF) -> list[
 
 
 def chgnet_relax(
-    structure: Structure, steps: int = 300, fmax: float = 0.1, time_limit: float | None = None
+    structure: Structure,
+    steps: int = 300,
+    fmax: float = 0.1,
+    time_limit: float | None = None,
+    cell: bool = True,
 ) -> tuple[Structure, dict]:
     """(relaxed structure, info): energy per atom, steps, seconds, and relax_stopped when the
-    time limit ended it before convergence. Raises RelaxRefused for isolated atoms."""
+    time limit ended it before convergence. cell=False keeps the lattice (a molecule in a
+    box). Raises RelaxRefused for isolated atoms."""
     lonely = isolated_sites(structure)
     if lonely:
         raise RelaxRefused(
@@ -66,7 +71,7 @@ def chgnet_relax(
     t0 = time.perf_counter()
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = calc
-    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+    opt = FIRE(FrechetCellFilter(atoms) if cell else atoms, logfile=None)
     best_e, best, n, stopped = np.inf, atoms.copy(), 0, None
     with contextlib.redirect_stdout(io.StringIO()):
         for n, _ in enumerate(opt.irun(fmax=fmax, steps=steps), 1):
