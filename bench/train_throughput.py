@@ -60,19 +60,32 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def step_fn(model, shape: dict, device: str, autocast: torch.dtype | None):
-    """One training step as a closure; both models take ids (B, T) and return logits."""
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    """One training step as a closure: forward, cross-entropy, backward, clip, AdamW.
+    Ours runs as `seqmodels fit` runs it (the objective's loss, the module's optimiser:
+    fused AdamW); litgpt's GPT as litgpt trains it on this device (AdamW, fused on CUDA)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, shape["vocab"], (shape["batch"], shape["block"] + 1), generator=g)
     x = x.to(device)
-    inp, tgt = x[:, :-1], x[:, 1:]
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    if isinstance(model, SeqLM):
+        opt = model.configure_optimizers()["optimizer"]
+        batch = {"ids": x}
+
+        def loss_of() -> torch.Tensor:
+            return model.objective_loss(batch, None)[0]
+    else:
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=3e-4, weight_decay=0.1, fused=device.startswith("cuda")
+        )
+        inp, tgt = x[:, :-1], x[:, 1:]
+
+        def loss_of() -> torch.Tensor:
+            return F.cross_entropy(model(inp).float().flatten(0, 1), tgt.flatten())
 
     def step() -> None:
         ctx = torch.autocast(kind, dtype=autocast) if autocast else contextlib.nullcontext()
         with ctx:
-            logits = model(inp) if not isinstance(model, SeqLM) else model(ids=inp)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+            loss = loss_of()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -59,8 +59,11 @@ def _scored(batch: dict) -> torch.Tensor:
     return ok
 
 
-def _spec_pad(pad: torch.Tensor) -> torch.Tensor | None:
-    """None when nothing is padded, so the backbone takes its unmasked fast path."""
+def _spec_pad(batch: dict, pad: torch.Tensor) -> torch.Tensor | None:
+    """None when nothing is padded, so the backbone takes its unmasked fast path. A batch
+    without `pad` needs no check (on an accelerator `pad.all()` waits for the device)."""
+    if batch.get("pad") is None:
+        return None
     return None if pad.all() else pad
 
 
@@ -86,7 +89,7 @@ class Objective:
 def _shifted(name: str, batch: dict, blank: torch.Tensor | None, weights: torch.Tensor):
     """A causal part: inputs 0..L-2 predict tokens 1..L-1 (weights over target positions)."""
     t, pad = _tokens(batch), _pad(batch)
-    spec = AttentionSpec("causal", pad=_spec_pad(pad[:, :-1]))
+    spec = AttentionSpec("causal", pad=_spec_pad(batch, pad[:, :-1]))
     w = (weights & _scored(batch))[:, 1:].float()
     return ObjectiveOutput(name, t[:, :-1], blank, spec, t[:, 1:], w, batch.get("cond"))
 
@@ -126,7 +129,7 @@ class RandomToken(Objective):
     def __call__(self, batch, generator=None, progress=0.0):
         t, pad = _tokens(batch), _pad(batch)
         blank = (_random_like(pad, generator) < self.ratio) & pad
-        spec = AttentionSpec("bidirectional", pad=_spec_pad(pad))
+        spec = AttentionSpec("bidirectional", pad=_spec_pad(batch, pad))
         w = (blank & _scored(batch)).float()
         return [ObjectiveOutput(self.name, t, blank, spec, t, w, batch.get("cond"))]
 
@@ -154,7 +157,7 @@ class NextAll(Objective):
         blank = (pos >= k[:, None]) & pad
         if self.attention == "causal":  # targets K.. (the first from the last visible token)
             return [_shifted(self.name, batch, blank[:, :-1], blank)]
-        spec = AttentionSpec("bidirectional", pad=_spec_pad(pad))
+        spec = AttentionSpec("bidirectional", pad=_spec_pad(batch, pad))
         w = (blank & _scored(batch)).float()
         return [ObjectiveOutput(self.name, t, blank, spec, t, w, batch.get("cond"))]
 
@@ -250,7 +253,7 @@ class NextScale(Objective):
             inputs[:, self.sizes[0] :] = t[:, self.src.to(t.device)]
         blank = torch.zeros_like(pad)
         blank[:, : self.sizes[0]] = True
-        spec = AttentionSpec("custom", allowed=self.allowed.to(t.device), pad=_spec_pad(pad))
+        spec = AttentionSpec("custom", allowed=self.allowed.to(t.device), pad=_spec_pad(batch, pad))
         w = _scored(batch).float()
         return [ObjectiveOutput(self.name, inputs, blank, spec, t, w, batch.get("cond"))]
 

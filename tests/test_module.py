@@ -261,3 +261,92 @@ def test_mixture_progress_reaches_one_in_an_epoch_based_run(toy_vocab):
     assert steps == 15 and len(seen) == steps
     assert seen == pytest.approx([s / steps for s in range(steps)])
     assert seen[-1] > 0.9
+
+
+# -------------------------------------------------------------- speed paths, same maths
+def _reference_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as the paper writes it, in the input's dtype promoted to fp64 or fp32."""
+    xf = x.double() if x.dtype == torch.float64 else x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.to(xf.dtype)).to(x.dtype)
+
+
+def test_fused_rms_norm_gradients_match_the_reference_maths():
+    from seqmodels.norms import RMSNorm, _RMSNormFn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(16, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNormFn.apply(x, w, 1e-6), (x, w))
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        norm = RMSNorm(16).to(dtype)
+        with torch.no_grad():
+            norm.weight.copy_(w)
+        xs = x.detach().to(dtype).requires_grad_()
+        up = torch.randn(3, 5, 16, generator=g).to(dtype)
+        norm(xs).backward(up)
+        # The reference in fp32 (what a bf16 kernel should approximate), by autograd.
+        xr = x.detach().to(dtype).float().requires_grad_()
+        wr = w.detach().to(dtype).float().requires_grad_()
+        _reference_rms_norm(xr, wr, torch.finfo(dtype).eps).backward(up.float())
+        assert norm(xs).dtype == dtype and xs.grad.dtype == dtype
+        assert torch.allclose(norm(xs).float(), _reference_rms_norm(xr, wr, norm.eps or
+                              torch.finfo(dtype).eps).detach(), atol=tol, rtol=tol)  # fmt: skip
+        assert torch.allclose(xs.grad.float(), xr.grad, atol=tol, rtol=tol)
+        assert torch.allclose(norm.weight.grad.float(), wr.grad, atol=tol * 10, rtol=tol)
+
+
+def test_fused_rms_norm_is_a_drop_in_for_torch_rms_norm():
+    from seqmodels.norms import RMSNorm
+
+    theirs, ours = torch.nn.RMSNorm(8), RMSNorm(8)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = torch.randn(4, 8)
+    with torch.inference_mode():  # the graph-free path decoding takes
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+
+
+def test_head_runs_only_on_weighted_positions_and_gives_the_same_loss(toy_vocab):
+    from seqmodels.objectives import build_objective
+    from seqmodels.training import SeqLM
+
+    torch.manual_seed(0)
+    lm = SeqLM(vocab_size=len(toy_vocab), d_model=32, n_layers=2, n_heads=2, max_len=16,
+               objective={"name": "random_token", "ratio": 0.3})  # fmt: skip
+    ids = torch.randint(6, len(toy_vocab), (4, 12))
+    pad = torch.ones(4, 12, dtype=torch.bool)
+    pad[1, 8:] = False
+    batch = {"ids": ids, "pad": pad}
+    out = build_objective({"name": "random_token", "ratio": 0.3})(
+        batch, torch.Generator().manual_seed(1)
+    )[0]
+    assert 0 < int((out.weights > 0).sum()) < out.weights.numel()
+    seen = []
+    hook = lm.model.head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    loss = lm.part_loss(out)
+    hook.remove()
+    assert seen == [int((out.weights > 0).sum())]  # only the scored rows reached the head
+    logits = lm(ids=out.inputs, mask=out.mask, blank=out.blank)
+    per = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), out.targets.flatten(), reduction="none"
+    ).view_as(out.weights)
+    full = (per * out.weights).sum() / out.weights.sum()
+    assert torch.allclose(loss, full, atol=1e-6)
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu(toy_vocab):
+    lm = SeqLM(vocab_size=len(toy_vocab), d_model=16, n_layers=1, n_heads=2, max_len=8)
+    opt = lm.configure_optimizers()["optimizer"]
+    assert opt.defaults.get("fused") is True
+
+
+def test_compile_callback_compiles_the_backbone_and_times_the_compile(toy_vocab, tmp_path):
+    from seqmodels.training import CompileBackbone
+
+    dm = ExamplesDataModule(cyclic_examples(toy_vocab, 64), toy_vocab, batch_size=8)
+    lm = SeqLM(d_model=16, n_layers=1, n_heads=2, max_len=16, warmup_steps=1, max_steps=4)
+    cb = CompileBackbone(timed=2, backend="eager")  # dynamo's tracing without codegen: fast
+    trainer = pl.Trainer(max_steps=4, callbacks=[cb], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(lm, dm)
+    assert lm.model.backbone._compiled_call_impl is not None
+    assert len(cb.times) == 3 and cb.seconds is not None and cb.seconds >= 0

@@ -285,3 +285,14 @@ def test_unknown_objective_is_named():
         build_objective({"name": "random_token", "bogus": 1})
     with pytest.raises(ValueError, match="loss_on"):  # dropped: it scored visible copies
         build_objective({"name": "random_token", "loss_on": "all"})
+
+
+def test_attention_pad_only_where_the_batch_has_padding():
+    padded = _batch()
+    full = {**_batch(pad_last=0)}
+    bare = {"ids": full["ids"]}  # no pad key: nothing to check (no wait on a device)
+    for name in ("next_token", "random_token", {"name": "next_all", "attention": "bidirectional"}):
+        obj = build_objective(name)
+        assert obj(padded, gen())[0].mask.pad is not None
+        assert obj(full, gen())[0].mask.pad is None
+        assert obj(bare, gen())[0].mask.pad is None

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..norms import RMSNorm
 from .attention import AttentionSpec
 
 
@@ -88,9 +89,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float):
         super().__init__()
-        self.norm1 = nn.RMSNorm(d_model)
+        self.norm1 = RMSNorm(d_model)
         self.attn = Attention(d_model, n_heads, dropout)
-        self.norm2 = nn.RMSNorm(d_model)
+        self.norm2 = RMSNorm(d_model)
         hidden = int(mlp_ratio * d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, hidden, bias=False),
@@ -124,7 +125,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(d_model, n_heads, mlp_ratio, dropout) for _ in range(n_layers)
         )
-        self.norm = nn.RMSNorm(d_model)
+        self.norm = RMSNorm(d_model)
         cos, sin = rope_tables(d_model // n_heads, max_len, rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)

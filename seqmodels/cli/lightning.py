@@ -31,6 +31,7 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
 
 def lightning_cli_class() -> type:
     """The LightningCLI subclass (built on call: Lightning is slow to import)."""
+    from jsonargparse import ActionYesNo
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
     from pytorch_lightning.loggers import CSVLogger
@@ -84,6 +85,13 @@ def lightning_cli_class() -> type:
     class SeqCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
+            parser.add_argument(
+                "--compile",
+                action=ActionYesNo,
+                default=False,
+                help="torch.compile the model's backbone (compile seconds are logged as "
+                "compile/seconds; pays off on runs of a few thousand steps, see README)",
+            )
 
         def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
             # main() hands over the command line less the global options (--threads), while
@@ -121,7 +129,12 @@ def lightning_cli_class() -> type:
                 # under masking objectives, a mixture switches per batch): DDP must look for
                 # unused parameters or it stops with an error on the first such batch.
                 overrides["strategy"] = "ddp_find_unused_parameters_true"
-            return super().instantiate_trainer(**{**kwargs, **overrides})
+            built = super().instantiate_trainer(**{**kwargs, **overrides})
+            if config.get("compile"):
+                from seqmodels.training import CompileBackbone
+
+                built.callbacks.append(CompileBackbone())
+            return built
 
     return SeqCLI
 
