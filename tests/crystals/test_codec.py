@@ -200,3 +200,16 @@ def test_pseudo_translation_is_found_in_a_skewed_cell_too(rocksalt):
     skewed = Structure(Lattice(m @ sup.lattice.matrix), sup.species, sup.cart_coords,
                        coords_are_cartesian=True)  # fmt: skip
     assert parse(encode(skewed)).n_sites == parse(encode(sup)).n_sites == 2
+
+
+def test_symmetrised_cell_makes_noisy_symmetry_copies_exactly_equal(rutile):
+    from domains.crystals.cell import symmetrized
+
+    rng = np.random.default_rng(0)
+    noisy = rutile.copy()
+    for k in range(len(noisy)):
+        noisy.translate_sites([k], rng.uniform(-2e-4, 2e-4, 3))
+    ti_o = lambda s: np.sort(s.distance_matrix[:2, 2:].ravel())  # noqa: E731
+    assert np.ptp(ti_o(noisy)[:4]) > 1e-4  # the four short Ti-O bonds differ by noise
+    sym = symmetrized(noisy)
+    assert len(sym) == len(rutile) and np.ptp(ti_o(sym)[:4]) < 1e-9
