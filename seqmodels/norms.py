@@ -64,11 +64,13 @@ class _RMSNormFn(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """RMSNorm over the last dimension of x; weight (D,), in x's dtype."""
-    weight, eps = weight.to(x.dtype), _eps(eps, x.dtype)
+    eps = _eps(eps, x.dtype)
+    if weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _RMSNormFn.apply(x, weight, eps)
-    xf = _wide(x)
-    return (xf * _rstd(xf, eps)).mul_(weight).to(x.dtype)  # no graph to record
+    # No graph to record (decoding): torch's own op, one call from Python per norm.
+    return torch.rms_norm(x, [x.shape[-1]], weight, eps)
 
 
 class RMSNorm(nn.Module):

@@ -45,7 +45,9 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
 def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     if temperature == 0:
         return logits.argmax(-1)
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    if temperature != 1:
+        logits = logits / temperature
+    logits = top_p_filter(top_k_filter(logits, top_k), top_p)
     probs = logits.float().softmax(-1)
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
@@ -85,8 +87,12 @@ def _generate_batch(
     generator,
     guidance=1.0,
 ) -> torch.Tensor:
-    B = prompt.shape[0]
-    ids = prompt
+    B, T0 = prompt.shape
+    # The tokens so far, preallocated: each step writes one column (no copy of the
+    # sequence per token); `ids` is a view of the filled part.
+    buf = torch.empty(B, T0 + max_new, dtype=prompt.dtype, device=prompt.device)
+    buf[:, :T0] = prompt
+    ids = buf[:, :T0]
     done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
     guided = _guided(guidance, cond)
     kw = {"cond": cond}
@@ -94,9 +100,9 @@ def _generate_batch(
         kw["cond"], kw["drop_cond"] = _with_null(cond)
     rows = 2 * B if guided else B
     cache = model.new_cache(rows) if use_cache else None
-    out = []
     step_input = ids
-    for _ in range(max_new):
+    n = 0
+    for t in range(T0, T0 + max_new):
         inp = step_input if cache is not None else ids
         if guided:
             inp = torch.cat([inp, inp])
@@ -104,15 +110,15 @@ def _generate_batch(
         logits = _combine(logits, guidance) if guided else logits.float()
         if processor is not None:
             logits = processor(ids, logits)
-        nxt = _sample(logits, temperature, top_k, top_p, generator)
-        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-        out.append(nxt)
+        nxt = _sample(logits, temperature, top_k, top_p, generator).masked_fill_(done, eos_id)
+        buf[:, t] = nxt
+        n += 1
         done |= nxt == eos_id
         if done.all():
             break
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        step_input = nxt[:, None]
-    return torch.stack(out, dim=1) if out else prompt.new_zeros(B, 0)
+        ids = buf[:, : t + 1]
+        step_input = buf[:, t : t + 1]
+    return buf[:, T0 : T0 + n]
 
 
 def generate(

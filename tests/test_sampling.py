@@ -129,3 +129,39 @@ def test_block_causal_mask_through_the_cache_after_a_condition_prefix(backbone, 
         spec = AttentionSpec("custom", allowed=BLOCK_CAUSAL[:b, :b])
         got.append(m(ids=ids[:, a:b], cond=cond if a == 0 else None, mask=spec, cache=cache))
     torch.testing.assert_close(torch.cat(got, 1), full, atol=1e-9, rtol=0)
+
+
+def test_static_cache_is_written_in_place_and_the_processor_sees_the_tokens_so_far(
+    model, toy_vocab
+):
+    """The KV cache is preallocated once (max_len positions) and written in place, and the
+    token buffer handed to a logits processor holds exactly the prompt and the tokens drawn
+    so far, one more column per step."""
+    made = []
+    new_cache = model.new_cache
+
+    def tracked(rows):
+        cache = new_cache(rows)
+        made.append((cache, [k.data_ptr() for k in cache.k + cache.v]))
+        return cache
+
+    model.new_cache = tracked
+    seen = []
+
+    def record(ids, logits):
+        seen.append(ids.clone())
+        return logits
+
+    prompt = [toy_vocab.bos_id, 6, 7]
+    (out,) = generate(model, [prompt], torch.zeros(1, 2), max_new_tokens=12, eos_id=-1,
+                      logits_processor=record, seed=5)  # fmt: skip
+    ((cache, ptrs),) = made
+    assert all(k.shape[2] == 64 + model.model.n_cond for k in cache.k)  # max_len, preallocated
+    assert [k.data_ptr() for k in cache.k + cache.v] == ptrs  # never reallocated
+    assert cache.pos == model.model.n_cond + len(prompt) + len(out) - 1
+    assert [s.shape[1] for s in seen] == list(range(3, 3 + len(out)))
+    assert seen[-1][0].tolist() == prompt + out[:-1]
+    model.new_cache = new_cache
+    (again,) = generate(model, [prompt], torch.zeros(1, 2), max_new_tokens=12, eos_id=-1,
+                        seed=5, use_cache=False)  # fmt: skip
+    assert again == out
