@@ -8,6 +8,11 @@ loss two trivial predictors are logged in the same target space, on the same sco
 patches: `baseline_global_mean` (one constant: the mean of the scored voxels) and
 `baseline_patch_mean` (each voxel predicted by its own patch's mean, an oracle a model
 must beat to have learned anything beyond the DC term). With norm_pix both are about 1.
+
+`center_pix=True` subtracts each patch's mean without dividing by its spread: norm-pix
+scales a flat patch's noise up to unit variance, so on EM (most patches lie inside a
+cell: texture and noise) the loss is dominated by what no model can predict; centred
+targets keep membranes, which neighbouring patches do predict, the largest term.
 """
 
 from __future__ import annotations
@@ -39,17 +44,27 @@ def baselines(targets: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.T
     return {"baseline_global_mean": mse_global, "baseline_patch_mean": mse_patch}
 
 
-class EMPretrainLM(SeqLM):
-    """SeqLM for continuous EM patch tokens; `norm_pix` normalises each target patch."""
+def center_pix(t: torch.Tensor) -> torch.Tensor:
+    """Each token (last axis = its voxels) minus its mean."""
+    return t - t.mean(-1, keepdim=True)
 
-    def __init__(self, *args, norm_pix: bool = False, **kwargs):
+
+class EMPretrainLM(SeqLM):
+    """SeqLM for continuous EM patch tokens; `norm_pix` normalises each target patch,
+    `center_pix` only removes its mean."""
+
+    def __init__(self, *args, norm_pix: bool = False, center_pix: bool = False, **kwargs):
+        if norm_pix and center_pix:
+            raise ValueError("choose one target: norm_pix or center_pix")
         super().__init__(*args, **kwargs)
-        self.norm_pix = norm_pix
+        self.norm_pix, self.center_pix = norm_pix, center_pix
         self.hparams["norm_pix"] = norm_pix
+        self.hparams["center_pix"] = center_pix
 
     def part_loss(self, out: ObjectiveOutput) -> torch.Tensor:
-        if self.norm_pix and out.targets.is_floating_point():
-            out = dataclasses.replace(out, targets=norm_pix(out.targets.float()))
+        if out.targets.is_floating_point() and (self.norm_pix or self.center_pix):
+            target = norm_pix if self.norm_pix else center_pix
+            out = dataclasses.replace(out, targets=target(out.targets.float()))
         loss = super().part_loss(out)
         if not self.training and self._trainer is not None and out.targets.is_floating_point():
             split = "val" if self.trainer.validating else "test"

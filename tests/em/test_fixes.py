@@ -122,6 +122,25 @@ def test_norm_pix_and_baselines():
     assert b["baseline_patch_mean"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_center_pix_target_reaches_the_loss(monkeypatch):
+    from domains.em.pretrain import EMPretrainLM, center_pix
+    from seqmodels.objectives import ObjectiveOutput
+    from seqmodels.training import SeqLM
+
+    t = torch.rand(2, 5, 16) * 3 + 1
+    c = center_pix(t)
+    assert torch.allclose(c.mean(-1), torch.zeros(2, 5), atol=1e-5)
+    assert torch.allclose(c.var(-1), t.var(-1), atol=1e-4)  # spread kept, unlike norm-pix
+    seen = []
+    monkeypatch.setattr(SeqLM, "part_loss", lambda self, out: seen.append(out.targets) or 0.0)
+    out = ObjectiveOutput("random_token", t, None, None, t, torch.ones(2, 5))
+    for kw, want in (({"center_pix": True}, c), ({"norm_pix": True}, norm_pix(t)), ({}, t)):
+        EMPretrainLM(d_model=16, n_layers=1, n_heads=2, max_len=8, **kw).part_loss(out)
+        assert torch.allclose(seen[-1], want, atol=1e-5)
+    with pytest.raises(ValueError, match="choose one target"):
+        EMPretrainLM(norm_pix=True, center_pix=True)
+
+
 def test_summary_and_curve(tmp_path):
     import argparse
     import json
