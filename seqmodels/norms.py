@@ -40,26 +40,30 @@ class _RMSNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = _wide(x)  # fp32 statistics for low-precision inputs, as torch does
-        rstd = _rstd(xf, eps)
-        ctx.save_for_backward(x, weight, rstd)
-        return (xf * rstd).mul_(weight).to(x.dtype)
+        # Autocast would run the dot products (matmul-like ops) in bf16: a norm's statistics
+        # stay in the input's precision, or fp32 for low-precision inputs, as torch does.
+        with torch.autocast(x.device.type, enabled=False):
+            xf = _wide(x)
+            rstd = _rstd(xf, eps)
+            ctx.save_for_backward(x, weight, rstd)
+            return (xf * rstd).mul_(weight).to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
-        # In fp32 whatever the input dtype: bf16 sums would lose the gradient.
-        xf, gf = _wide(x), _wide(g)
-        gw = gf * _wide(weight)
-        # dx = r * gw - x * r^3 * mean(gw * x)  (the module docstring's dx, expanded)
-        coef = torch.linalg.vecdot(gw, xf).unsqueeze(-1).mul_(rstd.pow(3)).div_(x.shape[-1])
-        dx = torch.addcmul(gw.mul_(rstd), xf, coef, value=-1)
-        dw = None
-        if ctx.needs_input_grad[1]:
-            dw = (rstd.reshape(1, -1) @ (gf * xf).reshape(-1, x.shape[-1])).view(-1)
-            dw = dw.to(weight.dtype)
-        return dx.to(x.dtype), dw, None
+        with torch.autocast(x.device.type, enabled=False):
+            # In fp32 whatever the input dtype: bf16 sums would lose the gradient.
+            xf, gf = _wide(x), _wide(g)
+            gw = gf * _wide(weight)
+            # dx = r * gw - x * r^3 * mean(gw * x)  (the module docstring's dx, expanded)
+            coef = torch.linalg.vecdot(gw, xf).unsqueeze(-1).mul_(rstd.pow(3)).div_(x.shape[-1])
+            dx = torch.addcmul(gw.mul_(rstd), xf, coef, value=-1)
+            dw = None
+            if ctx.needs_input_grad[1]:
+                dw = (rstd.reshape(1, -1) @ (gf * xf).reshape(-1, x.shape[-1])).view(-1)
+                dw = dw.to(weight.dtype)
+            return dx.to(x.dtype), dw, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | None = None) -> torch.Tensor:

@@ -295,6 +295,23 @@ def test_fused_rms_norm_gradients_match_the_reference_maths():
         assert torch.allclose(norm.weight.grad.float(), wr.grad, atol=tol * 10, rtol=tol)
 
 
+def test_fused_rms_norm_under_bf16_autocast_keeps_fp32_statistics():
+    from seqmodels.norms import RMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 32, generator=g, requires_grad=True)
+    up = torch.randn(6, 32, generator=g)
+    norm = RMSNorm(32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(x)
+    y.backward(up)
+    xr = x.detach().clone().requires_grad_()
+    ref = _reference_rms_norm(xr, norm.weight.detach(), torch.finfo(torch.float32).eps)
+    ref.backward(up)
+    assert y.dtype == torch.float32  # as torch's RMSNorm under autocast: the input's dtype
+    assert torch.allclose(y, ref, atol=1e-5) and torch.allclose(x.grad, xr.grad, atol=1e-5)
+
+
 def test_fused_rms_norm_is_a_drop_in_for_torch_rms_norm():
     from seqmodels.norms import RMSNorm
 
