@@ -4,9 +4,12 @@ Default: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, width 128, block 64, batch
 vocab 65, AdamW, grad clip 1.0). Both models run the same step (forward, cross-entropy,
 backward, clip, AdamW) in the same process, alternating rounds. Also: bf16 autocast vs
 fp32 for ours, and model-FLOPs utilisation at width 512 against the matmul peak measured
-in the same run. `--device cuda --shape gpt2` runs the 124M GPT-2 shape in bf16.
+in the same run; RMSNorm forward + backward (ours, torch's nn.RMSNorm, nn.LayerNorm) at
+the baby and width-512 shapes. `--compile`: our step with the backbone compiled (as
+`seqmodels fit --compile`), its compile seconds, against litgpt eager. `--device cuda
+--shape gpt2` runs the 124M GPT-2 shape in bf16.
 
-    python bench/train_throughput.py [--rounds 5] [--steps 20]
+    python bench/train_throughput.py [--rounds 5] [--steps 20] [--threads N] [--compile]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -94,6 +98,48 @@ def step_fn(model, shape: dict, device: str, autocast: torch.dtype | None):
     return step
 
 
+def cpu_description() -> dict:
+    """The CPU's model name and whether it has the bf16 matrix instructions."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                 if ln.startswith("model name")), "")  # fmt: skip
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                  if ln.startswith("flags")), [])  # fmt: skip
+    return {"cpu_model": name, "amx_bf16": "amx_bf16" in flags,
+            "avx512_bf16": "avx512_bf16" in flags}  # fmt: skip
+
+
+def norm_timings(rounds: int, device: str) -> dict:
+    """Microseconds of forward + backward of a (12, 64, d) fp32 batch, d = 128 and 512."""
+    from seqmodels.norms import RMSNorm
+
+    out = {}
+    for d in (128, 512):
+        x = torch.randn(12, 64, d, device=device, requires_grad=True)
+        g = torch.randn(12, 64, d, device=device)
+        norms = {
+            "seqmodels": RMSNorm(d).to(device),
+            "torch_rmsnorm": torch.nn.RMSNorm(d).to(device),
+            "torch_layernorm": torch.nn.LayerNorm(d, bias=False).to(device),
+        }
+
+        def timer(m, x=x, g=g):
+            def once() -> None:
+                m(x).backward(g)
+                x.grad = None
+
+            return lambda: time_per_call(once, 50, device)
+
+        sec = alternate({k: timer(m) for k, m in norms.items()}, rounds)
+        for k, v in sec.items():
+            out[f"rmsnorm_d{d}_{k}_us"] = round(v * 1e6, 1)
+        out[f"rmsnorm_d{d}_speedup_vs_torch"] = round(sec["torch_rmsnorm"] / sec["seqmodels"], 2)
+    return out
+
+
 def flops_per_token(model: torch.nn.Module, shape: dict) -> float:
     """6N for the weights plus attention scores and values (PaLM appendix B)."""
     return 6 * n_params(model) + 12 * shape["n_layers"] * shape["d_model"] * shape["block"]
@@ -107,6 +153,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20, help="steps timed per round")
     ap.add_argument("--no-litgpt", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time our step compiled")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,6 +162,8 @@ def main() -> None:
     shape = SHAPES[args.shape]
     tokens = shape["batch"] * shape["block"]
     result: dict = {"bench": "train_throughput", "shape": args.shape, **environment(dev)}
+    if dev == "cpu":
+        result.update(cpu_description())
     bf16 = torch.bfloat16 if dev.startswith("cuda") else None  # GPU runs in bf16
 
     models = {"seqmodels": ours(shape, dev)}
@@ -130,7 +179,28 @@ def main() -> None:
     if "litgpt" in sec:
         result["speedup_vs_litgpt"] = round(sec["litgpt"] / sec["seqmodels"], 3)
 
+    if args.compile:
+        m = ours(shape, dev)
+        m.model.backbone.compile()
+        step = step_fn(m, shape, dev, bf16)
+        t0 = time.perf_counter()
+        step()  # compiles forward and backward
+        first = time.perf_counter() - t0
+        fns = {"compiled": lambda: time_per_call(step, args.steps, dev)}
+        if "litgpt" in steps:
+            fns["litgpt"] = lambda: time_per_call(steps["litgpt"], args.steps, dev)
+        csec = alternate(fns, args.rounds)
+        result["seqmodels_compiled_ms_per_step"] = round(csec["compiled"] * 1e3, 2)
+        result["compile_seconds"] = round(first - csec["compiled"], 1)
+        if "litgpt" in csec:
+            result["compiled_speedup_vs_litgpt_eager"] = round(csec["litgpt"] / csec["compiled"], 3)
+            # Steps after which the compile has paid for itself against our eager step.
+            saved = sec["seqmodels"] - csec["compiled"]
+            if saved > 0:
+                result["compile_pays_back_after_steps"] = round(result["compile_seconds"] / saved)
+
     if dev == "cpu":
+        result.update(norm_timings(args.rounds, dev))
         # bf16 autocast vs fp32 for our model at this shape.
         m16 = ours(shape, dev)
         s16 = alternate(
