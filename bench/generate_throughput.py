@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import alternate, emit, environment  # noqa: E402
+from train_throughput import cpu_description  # noqa: E402
 
 from seqmodels.sampling import generate  # noqa: E402
 from seqmodels.training import SeqLM  # noqa: E402
@@ -54,6 +55,8 @@ def main() -> None:
         .eval()
     )
     result: dict = {"bench": "generate_throughput", "new_tokens": new, **environment(dev)}
+    if dev == "cpu":
+        result.update(cpu_description())
 
     def run_ours(batch: int, cache: bool):
         # eos_id=-1 is never drawn: every sample runs the full 256 tokens.
