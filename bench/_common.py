@@ -62,3 +62,24 @@ def environment(device: str) -> dict:
 def emit(result: dict) -> None:
     """The benchmark's result: one JSON object on the last line."""
     print(json.dumps(result))
+
+
+# nanoGPT's CPU "baby GPT" and the larger shapes the benches time, in one place.
+SHAPES = {
+    "baby": dict(n_layers=4, n_heads=4, d_model=128, block=64, batch=12, vocab=65),
+    "mfu512": dict(n_layers=4, n_heads=8, d_model=512, block=64, batch=12, vocab=65),
+    "gpt2": dict(n_layers=12, n_heads=12, d_model=768, block=1024, batch=8, vocab=50304),
+}
+
+
+def ours(shape: dict, device: str = "cpu") -> torch.nn.Module:
+    """The seqmodels LM at a bench shape."""
+    from seqmodels.training import SeqLM
+
+    return SeqLM(
+        vocab_size=shape["vocab"],
+        d_model=shape["d_model"],
+        n_layers=shape["n_layers"],
+        n_heads=shape["n_heads"],
+        max_len=shape["block"],
+    ).to(device)

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import alternate, emit, environment, time_per_call  # noqa: E402
+from _common import SHAPES, alternate, emit, environment, ours, time_per_call  # noqa: E402
 
 from seqmodels.commands import default_threads  # noqa: E402
-from seqmodels.training import SeqLM  # noqa: E402
 
-BABY = dict(n_layers=4, n_heads=4, d_model=128, block=64, batch=12, vocab=65)
+BABY = SHAPES["baby"]
 
 
 def _spin() -> None:
@@ -36,13 +35,7 @@ def _spin() -> None:
 def train_step():
     """One step (forward, cross-entropy, backward, AdamW) of a fresh baby-shape model."""
     torch.manual_seed(0)
-    model = SeqLM(
-        vocab_size=BABY["vocab"],
-        d_model=BABY["d_model"],
-        n_layers=BABY["n_layers"],
-        n_heads=BABY["n_heads"],
-        max_len=BABY["block"],
-    )
+    model = ours(BABY)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     x = torch.randint(0, BABY["vocab"], (BABY["batch"], BABY["block"] + 1))
 

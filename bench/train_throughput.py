@@ -24,25 +24,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import alternate, emit, environment, matmul_peak, time_per_call  # noqa: E402
+from _common import (  # noqa: E402
+    SHAPES,
+    alternate,
+    emit,
+    environment,
+    matmul_peak,
+    ours,
+    time_per_call,
+)
 
 from seqmodels.training import SeqLM  # noqa: E402
-
-SHAPES = {
-    "baby": dict(n_layers=4, n_heads=4, d_model=128, block=64, batch=12, vocab=65),
-    "mfu512": dict(n_layers=4, n_heads=8, d_model=512, block=64, batch=12, vocab=65),
-    "gpt2": dict(n_layers=12, n_heads=12, d_model=768, block=1024, batch=8, vocab=50304),
-}
-
-
-def ours(shape: dict, device: str) -> torch.nn.Module:
-    return SeqLM(
-        vocab_size=shape["vocab"],
-        d_model=shape["d_model"],
-        n_layers=shape["n_layers"],
-        n_heads=shape["n_heads"],
-        max_len=shape["block"],
-    ).to(device)
 
 
 def litgpt_model(shape: dict, device: str) -> torch.nn.Module:
