@@ -227,8 +227,8 @@ class EncodingCache:
 
     Canonical encoding costs about 0.05 s per structure (2 minutes for MP-20's mini file),
     paid again by every fit, sweep run and evaluation that reads the same file. The key is
-    the file's bytes, the bond method and the source of this package and pymatgen's
-    version, so any change to the encoder invalidates it. Only files are cached (the
+    the file's bytes, the bond method, the source of this package and the versions of
+    pymatgen and spglib, so any change to the encoder invalidates it. Only files are cached (the
     embedded AFLOW set is small); `SEQMODELS_CACHE` moves it, `SEQMODELS_CACHE=off` disables.
     """
 
@@ -258,12 +258,14 @@ class EncodingCache:
 
     @staticmethod
     def _key(src: Path, method: str) -> str:
-        import pymatgen.core
+        from importlib.metadata import version
 
         h = hashlib.sha256(src.read_bytes())
         for f in sorted(Path(__file__).parent.glob("*.py")):
             h.update(f.read_bytes())
-        h.update(f"{method} {pymatgen.core.__version__}".encode())
+        # the encoder's libraries: pymatgen (Niggli, primitive search, neighbours) and
+        # spglib (symmetrisation), whose versions can change a string
+        h.update(f"{method} {version('pymatgen')} {version('spglib')}".encode())
         return h.hexdigest()[:16]
 
     def get(self, rid: str, structure) -> tuple[str | None, str]:

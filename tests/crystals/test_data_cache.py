@@ -53,3 +53,23 @@ def test_cache_off(tmp_path, rocksalt, monkeypatch):
     for _ in range(2):
         assert len(CrystalsDataModule(source=str(src), max_atoms=20).records) == 1
     assert len(calls) == 2
+
+
+def test_cache_key_covers_the_encoder_source(tmp_path, monkeypatch):
+    """Editing any module of the encoder (here neighbors.py) must give a new cache file."""
+    import shutil
+    from pathlib import Path
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(
+        Path(crystals_data.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    monkeypatch.setattr(crystals_data, "__file__", str(pkg / "data.py"))
+    src = tmp_path / "z.csv"
+    src.write_text("material_id,cif\n")
+    key = crystals_data.EncodingCache._key(src, "econnn")
+    assert crystals_data.EncodingCache._key(src, "econnn") == key
+    assert crystals_data.EncodingCache._key(src, "crystalnn") != key
+    with open(pkg / "neighbors.py", "a") as fh:
+        fh.write("\nECON_BAND_CHANGED = 0.04\n")
+    assert crystals_data.EncodingCache._key(src, "econnn") != key
