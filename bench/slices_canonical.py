@@ -8,11 +8,22 @@ Perturbations of each structure (--trials random draws of each):
                lattice lengths rounded to 4 decimals
   cell         an equivalent non-reduced cell (a random unimodular basis change, entries <= 3)
   supercell    a random diagonal supercell (1-2 along each axis, not 1x1x1)
-  conventional the conventional standard cell (one draw; spglib, symprec 0.1)
+  conventional the conventional standard cell (one draw; pymatgen/spglib at symprec 0.01 A,
+               the encoder's symmetrisation tolerance)
+Reported apart, not counted in "every perturbation": conventional_0.1, the conventional cell
+at pymatgen's usual symprec 0.1 A. spglib idealises the positions to the symmetry found, which
+moves atoms of pseudo-symmetric crystals by up to 0.1 A and can raise the space group (a
+P3_221 crystal becomes R-3m with a third of the primitive cell): a distortion beyond the
+encoder's 0.05 A primitive tolerance, i.e. another crystal as far as the string goes.
   all          permutation + translation + noise + cell, applied together
 Also: random relabelling and edge shuffling of the string itself (`canonical()`).
 
 python bench/slices_canonical.py --data ../shared/data/crystals/mp20_mini.csv --limit 2573
+python bench/slices_canonical.py --data ../shared/data/crystals/mp20_mini.csv --ids mp-20347,mp-28688
+
+Each structure's draws come from its own seed (--seed and its row number), so --ids reruns
+exactly the draws of a full run. The JSON reports every failing id (per perturbation and
+all together); --failures FILE writes one JSON line per failed draw with both strings.
 The last line is one JSON object.
 """
 
@@ -79,10 +90,14 @@ def supercell(s: Structure, rng: np.random.Generator) -> Structure:
             return s * k.tolist()
 
 
-def conventional(s: Structure, rng: np.random.Generator) -> Structure:
+def conventional(s: Structure, rng: np.random.Generator, symprec: float = 0.01) -> Structure:
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    return SpacegroupAnalyzer(s, symprec=0.1).get_conventional_standard_structure()
+    return SpacegroupAnalyzer(s, symprec=symprec).get_conventional_standard_structure()
+
+
+def conventional_idealised(s: Structure, rng: np.random.Generator) -> Structure:
+    return conventional(s, rng, symprec=0.1)
 
 
 def everything(s: Structure, rng: np.random.Generator) -> Structure:
@@ -97,7 +112,10 @@ PERTURBATIONS = {
     "supercell": supercell,
     "conventional": conventional,
     "all": everything,
+    "conventional_0.1": conventional_idealised,
 }
+APART = {"conventional_0.1"}  # reported, not part of "stable under every perturbation"
+ONE_DRAW = {"conventional", "conventional_0.1"}  # deterministic
 
 
 def main() -> None:
@@ -106,22 +124,36 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--trials", type=int, default=3, help="random draws per perturbation")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ids", default="", help="comma-separated ids: only these rows")
+    ap.add_argument("--failures", default="", help="JSONL file: one line per failed draw")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    records, _ = read_csv(args.data, limit=args.limit)
-    rng = np.random.default_rng(args.seed)
-    srng = random.Random(args.seed)
+    wanted = {x for x in args.ids.split(",") if x}
+    records, _ = read_csv(args.data, limit=None if wanted else args.limit)
+    # ids are "file:material_id"; either form selects a row
+    rows = [
+        (k, r)
+        for k, r in enumerate(records)
+        if not wanted or r.id in wanted or r.id.rsplit(":", 1)[-1] in wanted
+    ]
+    if not rows:
+        raise SystemExit(f"no rows of {args.data} selected (--ids {args.ids!r})")
+    records = [r for _, r in rows]
+    fail_log = open(args.failures, "w") if args.failures else None  # noqa: SIM115
     stable = dict.fromkeys(PERTURBATIONS, 0)
     unstable: dict[str, list[str]] = {k: [] for k in PERTURBATIONS}
     all_ok = string_stable = inexact = supercells = errors = 0
     t = 0.0
-    for r in tqdm(records, desc="canonical"):
+    for row, r in tqdm(rows, desc="canonical"):
         s = r.structure
+        rng = np.random.default_rng([args.seed, row])  # per row: --ids reproduces a full run
+        srng = random.Random(args.seed * 1_000_003 + row)
         t0 = time.process_time()
         try:
             ref = encode_info(s)
         except ValueError:
             errors += 1
+            unstable.setdefault("encode_error", []).append(r.id.removeprefix(f"{args.data}:"))
             continue
         t += time.process_time() - t0
         inexact += not ref.exact_canonical
@@ -129,15 +161,21 @@ def main() -> None:
         ok_all = True
         for name, fn in PERTURBATIONS.items():
             same = True
-            for _ in range(1 if name == "conventional" else args.trials):
+            for _ in range(1 if name in ONE_DRAW else args.trials):
                 try:
-                    same &= encode_info(fn(s, rng)).slices == ref.slices
-                except ValueError:
+                    got = encode_info(fn(s, rng)).slices
+                except ValueError as err:
+                    got = f"error: {err}"
+                if got != ref.slices:
                     same = False
+                    if fail_log:
+                        rec = {"id": r.id, "perturbation": name, "ref": ref.slices, "got": got}
+                        fail_log.write(json.dumps(rec) + "\n")
+                        fail_log.flush()
             stable[name] += same
-            ok_all &= same
+            ok_all &= same or name in APART
             if not same:
-                unstable[name].append(r.id)
+                unstable[name].append(r.id.removeprefix(f"{args.data}:"))
         all_ok += ok_all
         string_stable += all(
             canonical(permuted(ref.slices, srng)) == ref.slices for _ in range(args.trials)
@@ -154,8 +192,11 @@ def main() -> None:
         "search_cap_reached": inexact,
         "supercell_fallbacks": supercells,
         "encode_cpu_s": round(t / max(n - errors, 1), 4),
-        "unstable": {k: v[:5] for k, v in unstable.items() if v},
+        "unstable": {k: v for k, v in unstable.items() if v},
+        "failing_ids": sorted({i for k, v in unstable.items() if k not in APART for i in v}),
     }
+    if fail_log:
+        fail_log.close()
     print(json.dumps(out))
 
 

@@ -6,7 +6,8 @@ The first --limit rows are the test rows; bond-length statistics are learned fro
 other rows of the same CSV (--table-from rest), from a saved table, or not at all (radii).
 Prints strict (ltol 0.2, stol 0.3, angle_tol 5) and loose (0.3, 0.5, 10) match rates over
 all test rows (a failure counts as a non-match), mean encode / decode seconds per structure
-on one thread, failures by reason; the last line is one JSON object.
+on one thread, failures by reason; the last line is one JSON object. --rows FILE writes one
+TSV line per test row (id, sites, strict, loose, contacts, reason, SLICES) for comparing runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument(
         "--time-limit", type=float, default=10.0, help="seconds per decode, relaxation included"
     )
+    ap.add_argument("--rows", default="", help="TSV file: one line per test row")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -64,6 +66,7 @@ def main() -> None:
     extended = supercells = 0
     relax_times: list[float] = []
     relax_stopped = relax_skipped = 0
+    per_row: list[tuple] = []
     for rec in tqdm(test, desc="round trip"):
         t0, c0 = time.perf_counter(), time.process_time()
         try:
@@ -71,6 +74,7 @@ def main() -> None:
         except ValueError as err:
             t_enc += time.perf_counter() - t0
             failures[f"encode: {err}"] += 1
+            per_row.append((rec.id, len(rec.structure), 0, 0, 0, f"encode: {err}", ""))
             continue
         t_enc += time.perf_counter() - t0
         cpu_enc += time.process_time() - c0
@@ -85,12 +89,21 @@ def main() -> None:
             relax_times.append(res.info["relax_seconds"])
         relax_stopped += "relax_stopped" in res.info
         relax_skipped += "relax_skipped" in res.info
+        row = (rec.id, len(rec.structure))
         if not res.ok:
             failures[res.reason.split(":")[0]] += 1
+            per_row.append((*row, 0, 0, info.n_contacts, res.reason, info.slices))
             continue
-        n_strict += bool(strict.fit(rec.structure, res.structure))
-        n_loose += bool(loose.fit(rec.structure, res.structure))
+        ok_strict = bool(strict.fit(rec.structure, res.structure))
+        ok_loose = bool(loose.fit(rec.structure, res.structure))
+        n_strict += ok_strict
+        n_loose += ok_loose
+        per_row.append((*row, int(ok_strict), int(ok_loose), info.n_contacts, "ok", info.slices))
     n = len(test)
+    if args.rows:
+        with open(args.rows, "w") as fh:
+            fh.write("id\tsites\tstrict\tloose\tcontacts\treason\tslices\n")
+            fh.writelines("\t".join(map(str, r)) + "\n" for r in per_row)
     out = {
         "data": str(args.data),
         "rows": n,
