@@ -58,7 +58,9 @@ class AffinityHead(nn.Module):
         f = self.unpatch(h).view(b, n, self.channels, -1).transpose(1, 2)
         f = unpatchify(f, self.crop, self.patch)  # (B, C, Z, Y, X)
         f = torch.cat([f, batch["raw"][:, None].to(f.dtype)], dim=1)
-        return self.out(F.relu(self.conv(f)))
+        # GELU, not ReLU: with a few channels a ReLU head can fall silent on interiors
+        # (every unit off), capping the affinity there at sigmoid(bias)
+        return self.out(F.gelu(self.conv(f)))
 
 
 class AffinityModel(FinetuneModule):

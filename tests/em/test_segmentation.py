@@ -67,3 +67,17 @@ def test_bad_affinity_shape():
         watershed(np.zeros((2, 4, 4, 4)))
     with pytest.raises(ValueError, match="differ"):
         metrics(np.zeros((1, 2, 2), int), np.zeros((1, 2, 3), int))
+
+
+def test_tuning_finds_seeds_in_uncalibrated_affinities():
+    """Affinities squeezed into [0.05, 0.55] (an uncalibrated network) still segment once
+    tuned: a grid whose lowest seed threshold is above the affinities' range finds no seed
+    and scores one segment per section."""
+    from domains.em.segmentation import tune
+
+    _, inst = make_synthetic((4, 48, 48), n_cells=8, seed=5)
+    aff, _ = affinities(inst)
+    squeezed = 0.05 + 0.5 * aff
+    best = tune(squeezed, inst, per_section=False, method="skimage")
+    seg = watershed(squeezed, best["threshold"], False, "skimage", best["seed_threshold"])
+    assert len(np.unique(seg)) > 3 and best["voi"] < 0.5
