@@ -38,6 +38,7 @@ def lightning_cli_class() -> type:
     from pytorch_lightning.plugins.io import CheckpointIO
 
     from seqmodels.checkpoint import AtomicCheckpointIO, load_checkpoint
+    from seqmodels.precision import AutoPrecision, take_auto_precision
 
     class ResumableCheckpoint(ModelCheckpoint):
         """`last.ckpt` under `<default_root_dir>/checkpoints/`, every N steps so a run killed
@@ -96,6 +97,11 @@ def lightning_cli_class() -> type:
         def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
             # main() hands over the command line less the global options (--threads), while
             # sys.argv still holds them; LightningCLI's version warns about exactly that.
+            # `--trainer.precision auto` is ours (Lightning has no such value): the trainer
+            # is built in fp32 and AutoPrecision measures and switches on the first batch.
+            self.auto_precision = False
+            if isinstance(args, list | tuple):
+                args, self.auto_precision = take_auto_precision(args)
             self.config = parser.parse_args(args)
 
         def _parse_ckpt_path(self) -> None:
@@ -134,6 +140,8 @@ def lightning_cli_class() -> type:
                 from seqmodels.training import CompileBackbone
 
                 built.callbacks.append(CompileBackbone())
+            if self.auto_precision:
+                built.callbacks.append(AutoPrecision())
             return built
 
     return SeqCLI

@@ -1,0 +1,59 @@
+"""`--trainer.precision auto`: the flag, the decision rule, and a fit that measures both
+precisions on its first batch without changing what it then trains."""
+
+import pytest
+import torch
+
+from seqmodels import cli, precision
+from seqmodels.precision import choose, take_auto_precision
+from tests.test_cli import TINY
+
+
+def test_auto_flag_is_taken_out_of_the_command_line():
+    argv, auto = take_auto_precision(["fit", "--trainer.precision", "auto", "-c", "x.yaml"])
+    assert auto and argv == ["fit", "--trainer.precision", "32-true", "-c", "x.yaml"]
+    argv, auto = take_auto_precision(["fit", "--trainer.precision=auto"])
+    assert auto and argv == ["fit", "--trainer.precision=32-true"]
+    argv, auto = take_auto_precision(["fit", "--trainer.precision", "bf16-mixed"])
+    assert not auto and argv == ["fit", "--trainer.precision", "bf16-mixed"]
+
+
+def test_bf16_only_when_faster_by_the_margin():
+    assert choose(fp32_s=1.0, bf16_s=0.5, margin=1.05) == "bf16-mixed"
+    assert choose(fp32_s=1.0, bf16_s=1.0, margin=1.05) == "32-true"  # a tie: fp32
+    assert choose(fp32_s=1.0, bf16_s=0.97, margin=1.05) == "32-true"  # within the margin
+    assert choose(fp32_s=1.0, bf16_s=1.4, margin=1.05) == "32-true"
+
+
+def _fit(root, extra, monkeypatch=None, forced=None) -> dict:
+    if forced is not None:
+        monkeypatch.setattr(precision, "choose", lambda *a, **k: forced)
+    argv = ["fit", *TINY, "--trainer.max_steps", "4", "--model.init_args.max_steps", "4",
+            "--model.init_args.dropout", "0.2", "--trainer.default_root_dir", str(root)]  # fmt: skip
+    assert cli.main([*argv, *extra]) == 0
+    return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_auto_measures_then_trains_exactly_as_the_chosen_precision(tmp_path, monkeypatch):
+    """With the choice forced to fp32, the trial steps (forward, backward, dropout draws,
+    logging) leave no trace: the weights equal those of a plain fp32 fit. Forced to bf16,
+    the weights differ (the plugin really switched) and stay finite."""
+    plain = _fit(tmp_path / "plain", [])
+    auto32 = _fit(tmp_path / "a32", ["--trainer.precision", "auto"], monkeypatch, "32-true")
+    for k in plain:
+        assert torch.equal(plain[k], auto32[k]), k
+    auto16 = _fit(tmp_path / "a16", ["--trainer.precision", "auto"], monkeypatch, "bf16-mixed")
+    assert any(not torch.equal(plain[k], auto16[k]) for k in plain)
+    assert all(torch.isfinite(v).all() for v in auto16.values() if v.is_floating_point())
+    log = next((tmp_path / "a16").rglob("metrics.csv")).read_text()
+    assert "precision/bf16" in log.splitlines()[0]
+
+
+@pytest.mark.parametrize("value", ["auto"])
+def test_auto_on_the_real_timings_picks_one_and_logs_both(tmp_path, value):
+    _fit(tmp_path, ["--trainer.precision", value])
+    header, *rows = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()
+    cols = header.split(",")
+    i, j = cols.index("precision/fp32_step_s"), cols.index("precision/bf16_step_s")
+    row = next(r.split(",") for r in rows if r.split(",")[i])
+    assert float(row[i]) > 0 and float(row[j]) > 0
