@@ -2,12 +2,16 @@
 cache vs recomputing the prefix every step, and vs litgpt's KV-cached generate at the
 same shape (4 layers, 4 heads, width 128, vocab 65), in the same process.
 
-    python bench/generate_throughput.py [--new 256] [--rounds 3]
+    python bench/generate_throughput.py [--new 256] [--rounds 3] [--compile]
+
+--compile adds our decoding with the backbone compiled (`generate --compile`) and its
+compile seconds (first call less a steady one).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import alternate, emit, environment  # noqa: E402
 from train_throughput import cpu_description  # noqa: E402
 
+from seqmodels.backbones import compile_backbones  # noqa: E402
 from seqmodels.sampling import generate  # noqa: E402
 from seqmodels.training import SeqLM  # noqa: E402
 
@@ -37,6 +42,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-litgpt", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also decode with the backbone compiled")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,11 +64,11 @@ def main() -> None:
     if dev == "cpu":
         result.update(cpu_description())
 
-    def run_ours(batch: int, cache: bool):
+    def run_ours(batch: int, cache: bool, model=ours):
         # eos_id=-1 is never drawn: every sample runs the full 256 tokens.
         return lambda: timed(
             lambda: generate(
-                ours,
+                model,
                 [[1]] * batch,
                 max_new_tokens=new,
                 eos_id=-1,
@@ -76,6 +82,13 @@ def main() -> None:
     for b in (1, 16):
         fns[f"seqmodels_cache_b{b}"] = run_ours(b, True)
         fns[f"seqmodels_recompute_b{b}"] = run_ours(b, False)
+    if args.compile:  # `generate --compile`: dynamic shapes, one graph for every length
+        compiled = copy.deepcopy(ours)
+        compile_backbones(compiled, dynamic=True)
+        for b in (1, 16):
+            fns[f"seqmodels_compiled_b{b}"] = run_ours(b, True, compiled)
+            first = fns[f"seqmodels_compiled_b{b}"]()  # compiles the graphs of batch b
+            result[f"compile_seconds_b{b}"] = round(first - fns[f"seqmodels_compiled_b{b}"](), 1)
     if not args.no_litgpt:
         from litgpt import GPT, Config
         from litgpt.generate.base import batched_generate_fn
@@ -126,6 +139,10 @@ def main() -> None:
             result[f"speedup_vs_litgpt_b{b}"] = round(
                 sec[f"litgpt_cache_b{b}"] / sec[f"seqmodels_cache_b{b}"], 2
             )
+            if args.compile:
+                result[f"compiled_speedup_vs_litgpt_b{b}"] = round(
+                    sec[f"litgpt_cache_b{b}"] / sec[f"seqmodels_compiled_b{b}"], 2
+                )
     emit(result)
 
 

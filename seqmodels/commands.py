@@ -219,6 +219,13 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--batch-size", type=int, default=64, help="sequences decoded at once (default 64)")
     add_flag(p, "--seed", type=int, default=0)
     add_flag(p, "--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    add_flag(
+        p,
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbone for decoding (the first batch pays the compile, "
+        "tens of seconds on a CPU; worth it for many samples, see README)",
+    )
 
 
 def add_domain_commands(subparsers: argparse._SubParsersAction) -> None:

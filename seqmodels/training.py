@@ -188,12 +188,9 @@ class CompileBackbone(pl.Callback):
         self.seconds: float | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from .backbones import BACKBONES  # after the module's setup, which may build them
+        from .backbones import compile_backbones  # after setup, which may build them
 
-        kinds = tuple(BACKBONES.values())
-        for m in pl_module.modules():
-            if isinstance(m, kinds) and not getattr(m, "_compiled_call_impl", None):
-                m.compile(mode=self.mode, backend=self.backend)
+        compile_backbones(pl_module, mode=self.mode, backend=self.backend)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()
