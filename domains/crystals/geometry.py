@@ -341,9 +341,14 @@ class FitOptions:
     w_angle: float = 0.01
     rounds: int = 3
     maxiter: int = 150
-    jitter: float = 0.02
+    jitter: float = 0.05
     seed: int = 0
-    restarts: int = 1  # extra starts from other jitters, the lowest final energy wins
+    # starts from differently jittered barycentric placements, the lowest final energy wins:
+    # one start landed in a minimum that depends on the string's site labels and basis
+    # (3 of 9 round-trip rows lost to the canonical frame matched under most relabellings);
+    # 4 starts at jitter 0.05: 85.3% / 94.0% strict / loose against 82.0% / 91.3% (1 start,
+    # jitter 0.02) on the round-trip bench, for 4x the fit time (0.85 s CPU per structure)
+    restarts: int = 4
 
 
 class _Problem:
@@ -406,7 +411,12 @@ def embed(
     best = None
     for _ in range(opt.restarts):
         x = x0 + rng.normal(scale=opt.jitter, size=x0.shape)  # breaks coincident placements
-        x, m, e = prob.fit(x, m0)
+        try:
+            x, m, e = prob.fit(x, m0)
+        except DecodeTimeout:
+            if best is None:
+                raise
+            break  # the time limit ends the restarts, not the decode: keep the best so far
         if best is None or e < best[2]:
             best = (x, m, e)
     x, m, _ = best

@@ -213,3 +213,26 @@ def test_symmetrised_cell_makes_noisy_symmetry_copies_exactly_equal(rutile):
     assert np.ptp(ti_o(noisy)[:4]) > 1e-4  # the four short Ti-O bonds differ by noise
     sym = symmetrized(noisy)
     assert len(sym) == len(rutile) and np.ptp(ti_o(sym)[:4]) < 1e-9
+
+
+def test_fit_restarts_keep_the_lowest_energy_and_survive_a_late_timeout(rocksalt, monkeypatch):
+    """Several starts, the lowest final energy wins; the time limit reached during a later
+    start ends the restarts but keeps the best geometry so far (it used to fail the decode)."""
+    from domains.crystals import geometry
+
+    g = parse(encode(rocksalt))
+    real_fit = geometry._Problem.fit
+    volumes = []
+
+    def fit(self, x, m):
+        if len(volumes) == 2:
+            raise geometry.DecodeTimeout("decode time limit reached")
+        x, m, _ = real_fit(self, x, m)
+        m = m * (1.5 if not volumes else 1.0)  # the first start: another cell, higher energy
+        volumes.append(abs(np.linalg.det(m)))
+        return x, m, [5.0, 1.0][len(volumes) - 1]
+
+    monkeypatch.setattr(geometry._Problem, "fit", fit)
+    s = geometry.embed(g, BondTable(), options=geometry.FitOptions(restarts=4))
+    assert len(volumes) == 2  # the third start timed out, the fourth never ran
+    assert s.volume == pytest.approx(volumes[1], rel=1e-6)  # energy 1.0 beat energy 5.0
