@@ -14,7 +14,7 @@ import torch
 from _common import SHAPES, alternate, emit, environment, ours, time_per_call
 from train_throughput import cpu_description, step_fn
 
-from seqmodels.precision import AutoPrecision, choose, step_seconds
+from seqmodels.precision import AutoPrecision, choose, measure
 
 
 def auto_choice(shape: dict, margin: float) -> tuple[str, float]:
@@ -24,9 +24,7 @@ def auto_choice(shape: dict, margin: float) -> tuple[str, float]:
     g = torch.Generator().manual_seed(0)
     batch = {"ids": torch.randint(0, shape["vocab"], (shape["batch"], shape["block"] + 1),
                                   generator=g)}  # fmt: skip
-    rounds = AutoPrecision().rounds
-    fp32 = step_seconds(model, batch, False, rounds, "cpu")
-    bf16 = step_seconds(model, batch, True, rounds, "cpu")
+    fp32, bf16 = measure(model, batch, AutoPrecision().rounds, "cpu")
     return choose(fp32, bf16, margin), fp32 / bf16
 
 
