@@ -344,10 +344,10 @@ class FitOptions:
     jitter: float = 0.05
     seed: int = 0
     # starts from differently jittered barycentric placements, the lowest final energy wins:
-    # one start landed in a minimum that depends on the string's site labels and basis
-    # (3 of 9 round-trip rows lost to the canonical frame matched under most relabellings);
-    # 4 starts at jitter 0.05: 85.3% / 94.0% strict / loose against 82.0% / 91.3% (1 start,
-    # jitter 0.02) on the round-trip bench, for 4x the fit time (0.85 s CPU per structure)
+    # one start's minimum depends on the string's site labels and basis (3 of 9 round-trip
+    # rows lost to the canonical frame matched under most relabellings). Round-trip bench,
+    # strict / loose over 3 jitter seeds: 4 starts 84.9 / 93.8%, 1 start 83.7 / 92.3% (2
+    # seeds); 8 starts (one seed) 82.7%, so the energy ranks minima only roughly. 4x the fit.
     restarts: int = 4
 
 
