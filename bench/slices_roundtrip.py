@@ -28,7 +28,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from domains.crystals.codec import decode, encode_info  # noqa: E402
-from domains.crystals.geometry import BondTable  # noqa: E402
+from domains.crystals.geometry import BondTable, FitOptions  # noqa: E402
 from domains.crystals.io import read_csv  # noqa: E402
 
 
@@ -45,6 +45,10 @@ def main() -> None:
         "--time-limit", type=float, default=10.0, help="seconds per decode, relaxation included"
     )
     ap.add_argument("--rows", default="", help="TSV file: one line per test row")
+    ap.add_argument("--restarts", type=int, default=None, help="fit starts (FitOptions)")
+    ap.add_argument("--jitter", type=float, default=None, help="start jitter (FitOptions)")
+    ap.add_argument("--fit-seed", type=int, default=None, help="jitter seed (FitOptions)")
+    ap.add_argument("--save-table", default="", help="write the bond table used to this JSON")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -57,6 +61,15 @@ def main() -> None:
     else:
         table = BondTable.load(args.table_from)
 
+    options = FitOptions()
+    if args.restarts is not None:
+        options.restarts = args.restarts
+    if args.jitter is not None:
+        options.jitter = args.jitter
+    if args.fit_seed is not None:
+        options.seed = args.fit_seed
+    if args.save_table:
+        table.save(args.save_table)
     strict = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
     loose = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
     n_strict = n_loose = 0
@@ -81,7 +94,7 @@ def main() -> None:
         extended += info.n_contacts > 0
         supercells += info.supercell != (1, 1, 1)
         c0 = time.process_time()
-        res = decode(info.slices, table, args.time_limit, relax=args.relax)
+        res = decode(info.slices, table, args.time_limit, relax=args.relax, options=options)
         cpu_dec += time.process_time() - c0
         t_dec += res.seconds - res.info.get("relax_seconds", 0.0)
         t_relax += res.info.get("relax_seconds", 0.0)
@@ -111,6 +124,7 @@ def main() -> None:
         "method": args.method,
         "relax": args.relax,
         "table_from": args.table_from,
+        "fit_options": options.__dict__,
         "strict_match": round(n_strict / n, 4),
         "loose_match": round(n_loose / n, 4),
         "encode_s": round(t_enc / n, 4),
