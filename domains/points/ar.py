@@ -58,6 +58,7 @@ class CrossScaleAR(_Optimised):
         n_layers: int = 4,
         n_heads: int = 4,
         cond_dropout: float = 0.1,
+        dropout: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -83,7 +84,7 @@ class CrossScaleAR(_Optimised):
         self.slot_embed = nn.Parameter(torch.randn(L, d) * 0.02)
         self.classes = list(class_names)
         self.class_embed = nn.Embedding(len(self.classes) + 1, d)  # the last row is the null class
-        self.backbone = SelfAttentionStack(d, n_heads, n_layers, L + 1)
+        self.backbone = SelfAttentionStack(d, n_heads, n_layers, L + 1, dropout=dropout)
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, self.tok.codebook_size)
         self.mask = block_causal(sizes, prefix=1)

@@ -199,8 +199,12 @@ def cmd_evaluate(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = tuple(args.classes) if args.classes else None
-    refs = load_source(args.source, "val", classes, args.n_points, args.n_synthetic, args.seed)
-    train = load_source(args.source, "train", classes, args.n_points, args.n_synthetic, args.seed)
+    # the train-copy oracle comes from the shapes a model scored on `split` trained on
+    train_split = {"val": "train", "select": "fit"}[args.split]
+    refs = load_source(args.source, args.split, classes, args.n_points, args.n_synthetic, args.seed)
+    train = load_source(
+        args.source, train_split, classes, args.n_points, args.n_synthetic, args.seed
+    )
     tok = None
     if args.tokenizer:
         from .ar import load_tokenizer
@@ -382,6 +386,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--classes", nargs="+", default=None)
     add_flag(p, "--n-synthetic", type=int, default=100, help="synthetic shapes per class")
     add_flag(p, "--n-ref", type=int, default=None, help="use the first N validation shapes")
+    add_flag(
+        p,
+        "--split",
+        choices=("val", "select"),
+        default="val",
+        help="reference shapes: the validation split, or `select` (carved from the training "
+        "shapes, for model selection; the train copy then comes from `fit`)",
+    )
     add_flag(p, "--emd", action="store_true", help="also the EMD variants (exact, on a subset)")
     add_flag(p, "--emd-points", type=int, default=256)
     add_flag(p, "--tokenizer", default=None, help="also reconstruction Chamfer per scale")

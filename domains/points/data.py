@@ -6,7 +6,10 @@ official training mesh) or any file / folder the readers in io.py understand.
 
 Validation split of ModelNet10 (fixed, seeded, committed in splits/modelnet10_val.json):
 for each class, the file names sorted, permuted by numpy's default_rng(0), the first 100
-held out: 100 chairs of 889 and 100 monitors of 465. Model selection never reads them.
+held out: 100 chairs of 889 and 100 monitors of 465. Model selection never reads them:
+it uses `select`, 100 further shapes per class carved out of the training shapes (their
+names sorted, permuted by default_rng(1), the first 100; computed, not committed, since it
+depends only on the committed split), with models trained on the rest (`fit`).
 Synthetic data: the training shapes come from seed `seed`, validation from seed + 1,000,
 so no parametric draw is shared.
 """
@@ -34,6 +37,8 @@ MODELNET_CLASSES = ("chair", "monitor")
 SPLIT_FILE = Path(__file__).with_name("splits") / "modelnet10_val.json"
 VAL_PER_CLASS = 100
 SPLIT_SEED = 0
+SELECT_SEED = 1
+SPLITS = ("train", "val", "all", "fit", "select")
 
 
 @dataclass
@@ -80,6 +85,18 @@ def committed_split() -> dict[str, list[str]]:
     return json.loads(SPLIT_FILE.read_text())
 
 
+def _split_files(files: list[Path], val: set[str], split: str) -> list[Path]:
+    if split == "all":
+        return files
+    if split == "val":
+        return [f for f in files if f.name in val]
+    train = [f for f in files if f.name not in val]
+    if split == "train":
+        return train
+    select = set(validation_names([f.name for f in train], VAL_PER_CLASS, SELECT_SEED))
+    return [f for f in train if (f.name in select) == (split == "select")]
+
+
 def load_source(
     source: str = "synthetic",
     split: str = "train",
@@ -88,16 +105,18 @@ def load_source(
     n_synthetic: int = 100,
     seed: int = 0,
 ) -> PointSet:
-    """Shapes of one split (`train`, `val` or `all`) of a source, as a PointSet.
+    """Shapes of one split of a source, as a PointSet: `train` / `val` (the committed
+    validation split), `all`, or for model selection `fit` / `select` (train = fit + select).
 
     Shapes that fail to read are reported on stderr (file and shape named) and skipped."""
     import sys
 
-    if split not in ("train", "val", "all"):
-        raise ValueError(f"split must be train, val or all, got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if source == "synthetic":
         classes = tuple(classes or SYNTHETIC_CLASSES)
-        shapes = make_shapes(n_synthetic, n_points, classes, seed + (1000 if split == "val" else 0))
+        offset = {"val": 1000, "select": 2000}.get(split, 0)  # fit = train: no shape shared
+        shapes = make_shapes(n_synthetic, n_points, classes, seed + offset)
         labels = np.array([classes.index(s.label) for s in shapes])
         pts = np.stack([s.points for s in shapes])
         return PointSet(pts, labels, classes, [s.name for s in shapes])
@@ -107,8 +126,7 @@ def load_source(
         files, labels = [], []
         for k, cls in enumerate(classes):
             all_files = sorted(modelnet10_folder(cls).glob("*.pcd"))
-            val = set(held_out[cls])
-            chosen = [f for f in all_files if split == "all" or (f.name in val) == (split == "val")]
+            chosen = _split_files(all_files, set(held_out[cls]), split)
             files += chosen
             labels += [k] * len(chosen)
         result = read_shapes(files, n_points, seed=seed)
@@ -204,7 +222,9 @@ class PointCloudDataModule(pl.LightningDataModule):
 class PointTokenSource(TokenDataModule):
     """The same shapes as examples {"x": (N, 3) points, "label", "split"} for the core
     `TokenizedDataModule` (tokens encoded once by a trained tokenizer and cached); its
-    batches carry the clouds as `points` too, which `PointTokenizer.encode` reads."""
+    batches carry the clouds as `points` too, which `PointTokenizer.encode` reads.
+    `splits`: the source splits trained and validated on, (train, val) by default;
+    (fit, select) for model selection that never reads the validation shapes."""
 
     def __init__(
         self,
@@ -212,6 +232,7 @@ class PointTokenSource(TokenDataModule):
         classes: list[str] | None = None,
         n_points: int = 1024,
         n_synthetic: int = 100,
+        splits: tuple[str, str] = ("train", "val"),
         **kwargs,
     ):
         kwargs.setdefault("val_fraction", 0.0)
@@ -219,15 +240,16 @@ class PointTokenSource(TokenDataModule):
         super().__init__(**kwargs)
         self.source, self.classes = source, tuple(classes) if classes else None
         self.n_points, self.n_synthetic = n_points, n_synthetic
+        self.splits = tuple(splits)
 
     def build(self) -> list[dict]:
         examples = []
-        for split in ("train", "val"):
+        for role, split in zip(("train", "val"), self.splits):
             ps = load_source(
                 self.source, split, self.classes, self.n_points, self.n_synthetic, self.seed
             )
             examples += [
-                {"x": torch.from_numpy(p), "label": int(k), "split": split}
+                {"x": torch.from_numpy(p), "label": int(k), "split": role}
                 for p, k in zip(ps.points, ps.labels)
             ]
         return examples

@@ -5,6 +5,7 @@ import pytest
 
 from domains.points.data import (
     PointCloudDataModule,
+    _split_files,
     committed_split,
     load_source,
     validation_names,
@@ -41,6 +42,19 @@ def test_validation_names_follow_the_documented_rule():
     split = committed_split()
     assert split["chair"] == val
     assert len(split["monitor"]) == 100
+
+
+def test_selection_split_is_carved_from_train_and_never_reads_validation():
+    from pathlib import Path
+
+    files = [Path(f"chair_{i:04d}.pcd") for i in range(1, 890)]
+    val = set(committed_split()["chair"])
+    parts = {s: _split_files(files, val, s) for s in ("train", "val", "fit", "select")}
+    assert len(parts["select"]) == 100 and len(parts["val"]) == 100
+    assert not {f.name for f in parts["select"]} & val
+    assert not set(parts["fit"]) & set(parts["select"])
+    assert sorted(parts["fit"] + parts["select"]) == parts["train"]
+    assert _split_files(files, val, "select") == parts["select"]  # deterministic
 
 
 @pytest.mark.skipif(
