@@ -77,3 +77,15 @@ def test_protocol_separates_a_good_from_a_bad_generator():
     assert {"MMD-EMD", "COV-EMD", "1-NNA-EMD"} <= set(good)
     oracle = train_copy_oracle(np.concatenate([same, off]), refs, n=30)
     assert oracle["COV-CD"] > 0 and 0 <= oracle["1-NNA-CD"] <= 1
+
+
+def test_one_shape_repeated_scores_as_the_full_matrices_do():
+    rng = np.random.default_rng(0)
+    refs = rng.random((6, 32, 3)).astype(np.float32)
+    one = np.repeat(rng.random((1, 32, 3)).astype(np.float32), 5, 0)
+    a, b = torch.from_numpy(refs), torch.from_numpy(one)
+    m_rr, m_rs, m_ss = _naive(a, a), _naive(a, b), _naive(b, b)
+    want = {**mmd_cov(m_rs), "1-NNA": one_nna(m_rr, m_rs, m_ss)}
+    got = pointflow_metrics(one, refs)
+    assert got["MMD-CD"] == pytest.approx(want["MMD"], rel=1e-5)
+    assert got["COV-CD"] == want["COV"] and got["1-NNA-CD"] == want["1-NNA"]
