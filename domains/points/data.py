@@ -240,11 +240,11 @@ class PointTokenSource(TokenDataModule):
         super().__init__(**kwargs)
         self.source, self.classes = source, tuple(classes) if classes else None
         self.n_points, self.n_synthetic = n_points, n_synthetic
-        self.splits = tuple(splits)
+        self.source_splits = tuple(splits)
 
     def build(self) -> list[dict]:
         examples = []
-        for role, split in zip(("train", "val"), self.splits):
+        for role, split in zip(("train", "val"), self.source_splits):
             ps = load_source(
                 self.source, split, self.classes, self.n_points, self.n_synthetic, self.seed
             )

@@ -74,3 +74,11 @@ def test_datamodule_batches():
     batch = next(iter(dm.train_dataloader()))
     assert batch["points"].shape == (5, 64, 3) and batch["label"].shape == (5,)
     assert dm.n_classes == 5
+
+
+def test_token_source_trains_on_the_splits_it_is_given():
+    from domains.points.data import PointTokenSource
+
+    dm = PointTokenSource("synthetic", n_points=32, n_synthetic=2, splits=("fit", "select"))
+    dm.setup("fit")
+    assert {k: len(v) for k, v in dm.splits.items() if v} == {"train": 10, "val": 10}
