@@ -176,11 +176,12 @@ class _Optimised(ExactResume):
 
 
 class CompileBackbone(pl.Callback):
-    """`torch.compile` of the module's backbones (in place, so state-dict keys do not
-    change) when a fit starts, and what it cost: the first training step's time less the
-    median of the next `timed` steps (the compile time of the training graphs; a sanity
-    check's eval graph compiles before it, inside the sanity check). Logged as
-    `compile/seconds` and `compile/step_seconds`, and printed."""
+    """`fit --compile`: when a fit starts, `torch.compile` the module's loss where it has
+    `compile_loss` (a `SeqLM`: embedding to loss, one graph), else its backbones (in
+    place); state-dict keys do not change either way. Also what it cost: the first
+    training step's time less the median of the next `timed` steps (the compile time of
+    the training graphs; a sanity check's eval graph compiles before it, inside the sanity
+    check). Logged as `compile/seconds` and `compile/step_seconds`, and printed."""
 
     def __init__(self, timed: int = 5, mode: str | None = None, backend: str = "inductor"):
         self.timed, self.mode, self.backend = timed, mode, backend
@@ -190,7 +191,10 @@ class CompileBackbone(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from .backbones import compile_backbones  # after setup, which may build them
 
-        compile_backbones(pl_module, mode=self.mode, backend=self.backend)
+        if callable(getattr(pl_module, "compile_loss", None)):
+            pl_module.compile_loss(mode=self.mode, backend=self.backend)
+        else:
+            compile_backbones(pl_module, mode=self.mode, backend=self.backend)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()
@@ -374,6 +378,9 @@ class SeqLM(_Optimised):
         if self.training and out.cond is not None and self.hparams.get("cond_dropout"):
             u = torch.rand(out.cond.shape[0], generator=self._gen)
             drop = (u < self.hparams.cond_dropout).to(out.cond.device)
+        compiled = getattr(self, "_compiled_loss", None)
+        if compiled is not None:
+            return compiled(kw, out.cond, out.mask, out.blank, drop, out.targets, out.weights)
         h = self.hidden(**kw, cond=out.cond, mask=out.mask, blank=out.blank, drop_cond=drop)
         # The head runs only on positions that carry loss weight (masked objectives score
         # a fraction of them; padding none): the same loss, without the unscored logits.
@@ -381,14 +388,34 @@ class SeqLM(_Optimised):
         keep = w > 0
         if not bool(keep.all()):
             h, w, targets = h[keep], w[keep], targets[keep]
-        pred = self.head(h)
+        return self._weighted_loss(self.head(h), targets, w, out.weights)
+
+    @staticmethod
+    def _weighted_loss(pred, targets, w, all_weights) -> torch.Tensor:
+        """sum(w * per-position loss) / sum(all weights): cross-entropy for discrete
+        targets, MSE averaged over the features for continuous ones."""
         if not targets.is_floating_point():
             per = F.cross_entropy(
                 pred.float().flatten(0, -2), targets.flatten(), reduction="none"
             ).view_as(w)
         else:
             per = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(-1)
-        return (per * w).sum() / out.weights.sum().clamp(min=1)
+        return (per * w).sum() / all_weights.sum().clamp(min=1)
+
+    def _graph_loss(self, kw, cond, mask, blank, drop, targets, weights) -> torch.Tensor:
+        """The part loss as one graph for `torch.compile`: embedding, condition prefix,
+        backbone, head and loss with no data-dependent shape, so nothing breaks the graph
+        (the head runs on every position; unscored ones weigh 0, which is the same sum)."""
+        h = self.hidden(**kw, cond=cond, mask=mask, blank=blank, drop_cond=drop)
+        return self._weighted_loss(self.head(h), targets, weights, weights)
+
+    def compile_loss(self, **compile_kwargs) -> None:
+        """`torch.compile` each objective part's loss (embedding to loss, forward and
+        backward: `fit --compile`) rather than the backbone alone, so the head, the
+        cross-entropy and the residual stream's elementwise ops fuse with the backbone's.
+        The parameters and state-dict keys do not change; the objective's random draws
+        (masks, condition dropout) stay eager, on the module's generator."""
+        self._compiled_loss = torch.compile(self._graph_loss, **compile_kwargs)
 
     def progress(self) -> float:
         """Fraction of training done, in [0, 1]: global_step over max_steps, or over the

@@ -365,5 +365,55 @@ def test_compile_callback_compiles_the_backbone_and_times_the_compile(toy_vocab,
     trainer = pl.Trainer(max_steps=4, callbacks=[cb], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(lm, dm)
-    assert lm.model.backbone._compiled_call_impl is not None
+    # A SeqLM compiles its whole loss (embedding to cross-entropy), not the backbone alone.
+    assert lm._compiled_loss is not None
+    assert lm.model.backbone._compiled_call_impl is None
     assert len(cb.times) == 3 and cb.seconds is not None and cb.seconds >= 0
+    # ... and trains to the weights of the same fit run eagerly.
+    pl.seed_everything(0)
+    eager = SeqLM(d_model=16, n_layers=1, n_heads=2, max_len=16, warmup_steps=1, max_steps=4)
+    pl.seed_everything(0)
+    again = SeqLM(d_model=16, n_layers=1, n_heads=2, max_len=16, warmup_steps=1, max_steps=4)
+    for m, cbs in ((eager, []), (again, [CompileBackbone(timed=2, backend="aot_eager")])):
+        pl.seed_everything(0)
+        dm = ExamplesDataModule(cyclic_examples(toy_vocab, 64), toy_vocab, batch_size=8)
+        _trainer(4, callbacks=cbs, default_root_dir=tmp_path).fit(m, dm)
+    for (k, a), b in zip(eager.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_finetune_compile_falls_back_to_the_backbone(toy_vocab, tmp_path):
+    from seqmodels.training import CompileBackbone
+
+    ft = FinetuneModule(tasks=[{"name": "t", "kind": "classification", "n_outputs": 2}],
+                        backbone_config={"vocab_size": len(toy_vocab), "d_model": 16,
+                                         "n_layers": 1, "n_heads": 2, "max_len": 16})  # fmt: skip
+    CompileBackbone(backend="eager").on_fit_start(None, ft)
+    assert ft.lm.backbone._compiled_call_impl is not None
+
+
+@pytest.mark.parametrize("objective", ["next_token", {"name": "random_token", "ratio": 0.3}])
+def test_compiled_loss_is_one_graph_with_the_eager_loss_and_gradients(toy_vocab, objective):
+    """`compile_loss`: the part loss (embedding, backbone, head, cross-entropy) traces as
+    one graph (fullgraph: no graph break, no host sync such as the eager path's `if not
+    keep.all()`) and gives the eager loss and gradients, padded batch and masked objective
+    (where eager runs the head on the scored rows only) included."""
+    from seqmodels.objectives import build_objective
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=len(toy_vocab), d_model=32, n_layers=2, n_heads=2, max_len=16)
+    lm, ref = SeqLM(**kw, objective=objective), SeqLM(**kw, objective=objective)
+    ref.load_state_dict(lm.state_dict())
+    lm.compile_loss(backend="aot_eager", fullgraph=True)
+    ids = torch.randint(6, len(toy_vocab), (4, 12))
+    pad = torch.ones(4, 12, dtype=torch.bool)
+    pad[1, 8:] = False
+    for batch in ({"ids": ids}, {"ids": ids, "pad": pad}):
+        out = build_objective(objective)(batch, torch.Generator().manual_seed(1))[0]
+        got, want = lm.part_loss(out), ref.part_loss(out)
+        torch.testing.assert_close(got, want)
+        got.backward()
+        want.backward()
+        for (k, a), b in zip(lm.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, msg=k)
+            a.grad = b.grad = None

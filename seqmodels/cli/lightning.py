@@ -90,7 +90,8 @@ def lightning_cli_class() -> type:
                 "--compile",
                 action=ActionYesNo,
                 default=False,
-                help="torch.compile the model's backbone (compile seconds are logged as "
+                help="torch.compile the loss (a SeqLM: embedding to cross-entropy) or else the "
+                "backbone (compile seconds are logged as "
                 "compile/seconds; pays off on runs of a few thousand steps, see README)",
             )
 
