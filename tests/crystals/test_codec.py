@@ -236,3 +236,25 @@ def test_fit_restarts_keep_the_lowest_energy_and_survive_a_late_timeout(rocksalt
     s = geometry.embed(g, BondTable(), options=geometry.FitOptions(restarts=4))
     assert len(volumes) == 2  # the third start timed out, the fourth never ran
     assert s.volume == pytest.approx(volumes[1], rel=1e-6)  # energy 1.0 beat energy 5.0
+
+
+def _pseudo_supercell(d: float):
+    """Two formula units, the second TiO pair 0.045 A off the first shifted by c/2."""
+    from pymatgen.core import Lattice, Structure
+
+    lat = Lattice.from_parameters(5.494, 3.188, 9.302, 73.225, 83.757, 80.837)
+    p = np.array([0.691, 0.179, 0.198])
+    shift = lat.get_fractional_coords(d * np.array([-0.0896, -0.2460, 0.9651]))
+    q = p + [0, 0, 0.5] + shift
+    return Structure(lat, ["Ti", "O", "Ti", "O"], [[0, 0, 0], p, [0, 0, 0.5], q])
+
+
+def test_primitive_search_tolerance_is_a_distance_not_per_axis():
+    from domains.crystals.cell import PRIMITIVE_TOL, reduced_cell
+
+    near = _pseudo_supercell(0.045)  # within the 0.05 A tolerance in Cartesian distance
+    # pymatgen's search scales its tolerance per lattice axis and misses it in this cell
+    assert len(near.get_reduced_structure().get_primitive_structure(tolerance=PRIMITIVE_TOL)) == 4
+    assert len(reduced_cell(near)) == 2
+    assert encode(near) == encode(near * [2, 1, 1]) == encode(near * [1, 3, 1])
+    assert len(reduced_cell(_pseudo_supercell(0.08))) == 4  # beyond it: a distorted supercell
