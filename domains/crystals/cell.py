@@ -32,6 +32,8 @@ SYMPREC = 0.01  # A; spglib's tolerance for symmetrising the cell before bonds a
 LENGTH_RTOL = 2e-3  # equal lattice vector lengths (CIF rounding is ~1e-5 relative)
 PRIMITIVE_TOL = 0.05  # A; pymatgen defaults to 0.25, which would also fold genuinely
 # distorted supercells (displacements of ~0.1 A) into a smaller cell; rounding noise is ~1e-4 A
+SPGLIB_PRIMITIVE_TOL = 0.045  # A; at 0.05 spglib folds mp-28688 (a near-repeat it finds at
+# 0.055-0.06 A in the clean cell) under noise in a skewed cell; mp-1286841's is at 0.042-0.044
 _COEFFS = np.array(list(itertools.product(range(-2, 3), repeat=3)), dtype=np.int64)
 
 
@@ -59,7 +61,7 @@ def reduced_cell(structure: Structure) -> Structure:
     # even in the reduced cell a per-axis tolerance depends on the cell's shape: a translation
     # just within it is found in one cell of a crystal and missed in another (a supercell).
     # spglib's tolerance is a Cartesian distance: the smaller cell of the two searches wins
-    alt = spglib_primitive(reduced, PRIMITIVE_TOL)
+    alt = spglib_primitive(reduced, SPGLIB_PRIMITIVE_TOL)
     if alt is not None and len(alt) < len(prim):
         prim = alt
     prim = symmetrized(prim)
