@@ -291,8 +291,29 @@ def test_attention_pad_only_where_the_batch_has_padding():
     padded = _batch()
     full = {**_batch(pad_last=0)}
     bare = {"ids": full["ids"]}  # no pad key: nothing to check (no wait on a device)
-    for name in ("next_token", "random_token", {"name": "next_all", "attention": "bidirectional"}):
+    for name in ("random_token", {"name": "next_all", "attention": "bidirectional"}):
         obj = build_objective(name)
         assert obj(padded, gen())[0].mask.pad is not None
         assert obj(full, gen())[0].mask.pad is None
         assert obj(bare, gen())[0].mask.pad is None
+    # causal: right padding needs no mask (queries see only earlier, real keys); padding
+    # anywhere else keeps it
+    causal = build_objective("next_token")
+    assert causal(padded, gen())[0].mask.pad is None
+    assert causal(full, gen())[0].mask.pad is None and causal(bare, gen())[0].mask.pad is None
+    left = {**padded, "pad": padded["pad"].flip(1), "ids": padded["ids"].flip(1)}
+    assert causal(left, gen())[0].mask.pad is not None
+
+
+def test_right_padded_causal_loss_is_the_masked_loss():
+    """The fast path's loss equals the one computed with the explicit padding mask."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    m = SeqLM(vocab_size=12, d_model=16, n_layers=2, n_heads=2, max_len=16)
+    b = _batch(B=6, L=12, pad_last=5)
+    b["pad"][3, 9:] = False
+    (o,) = build_objective("next_token")(b, gen())
+    assert o.mask.pad is None
+    masked = replace(o, mask=replace(o.mask, pad=b["pad"][:, :-1]))
+    torch.testing.assert_close(m.part_loss(o), m.part_loss(masked))
