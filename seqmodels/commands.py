@@ -277,6 +277,14 @@ def build_parser(domains: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="recipe YAML (stages: [{name, command, config?, args?}])")
     add_flag(p, "--out", required=True, help="output folder; each stage writes to OUT/<stage>/")
+    add_flag(
+        p,
+        "--jobs",
+        type=int,
+        default=1,
+        help="stages run at once when they do not depend on each other (default 1); each "
+        "gets threads / jobs torch threads and writes its output to OUT/<stage>/log.txt",
+    )
     p.set_defaults(func="seqmodels.cli.dispatch:cmd_run")
 
     p = sub.add_parser(

@@ -7,6 +7,12 @@ subprocess keeps stages independent, and lets Lightning's DDP launcher re-run ex
 stage's command in its worker processes). A stage that finishes writes `<stage>/.done`;
 a rerun skips it. A fit stage interrupted before that resumes from its `last.ckpt`. The
 run ends with `<out>/metrics.json` and `<out>/report.md`.
+
+With `jobs` > 1 independent stages run at once: a stage waits for the stages its
+`${stages.NAME}` references name (a `${out}` reference: for every earlier stage), each
+concurrent stage gets threads // jobs torch threads (unless its own env sets them), and
+its output goes to `<out>/<stage>/log.txt`. After a failure no new stage starts; the
+running ones finish and keep their results.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,18 +57,23 @@ class Stage:
     config: dict | None = None
     args: dict = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    deps: set[str] = field(default_factory=set)  # stages that must finish first
 
     @property
     def fit_like(self) -> bool:
         return self.command[0] in FIT_LIKE
 
 
-def _substitute(value: Any, refs: dict[str, str], where: str, path: Path) -> Any:
-    """Replace `${out}`, `${stage}`, `${stages.NAME}` in every string of a config/args tree."""
+def _substitute(
+    value: Any, refs: dict[str, str], where: str, path: Path, used: set[str] | None = None
+) -> Any:
+    """Replace `${out}`, `${stage}`, `${stages.NAME}` in every string of a config/args tree;
+    the references met are added to `used`."""
+    used = set() if used is None else used
     if isinstance(value, dict):
-        return {k: _substitute(v, refs, f"{where}.{k}", path) for k, v in value.items()}
+        return {k: _substitute(v, refs, f"{where}.{k}", path, used) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, refs, f"{where}[{i}]", path) for i, v in enumerate(value)]
+        return [_substitute(v, refs, f"{where}[{i}]", path, used) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -73,6 +85,7 @@ def _substitute(value: Any, refs: dict[str, str], where: str, path: Path) -> Any
                 f"{path}: {where}: unknown reference ${{{key}}} (known here: {known}; "
                 "${stages.NAME} must name an earlier stage)"
             )
+        used.add(key)
         return refs[key]
 
     return _REF.sub(repl, value)
@@ -129,6 +142,7 @@ def load_recipe(path: str | Path, out: str | Path) -> list[Stage]:
                 "(see `seqmodels --help` for the commands)"
             )
         refs["stage"] = str(out / name)
+        used: set[str] = set()
         config = raw.get("config")
         if config is not None:
             if words[0] not in FIT_LIKE:
@@ -140,13 +154,16 @@ def load_recipe(path: str | Path, out: str | Path) -> list[Stage]:
                 config = yaml.safe_load(config_path.read_text())
             if not isinstance(config, dict):
                 raise RecipeError(f"{path}: {where}: 'config' must be a mapping or a YAML path")
-            config = _substitute(config, refs, f"{where}.config", path)
+            config = _substitute(config, refs, f"{where}.config", path, used)
         args = raw.get("args") or {}
         if not isinstance(args, dict):
             raise RecipeError(f"{path}: {where}: 'args' must be a mapping of flag: value")
-        args = _substitute(args, refs, f"{where}.args", path)
+        args = _substitute(args, refs, f"{where}.args", path, used)
         env = {**recipe_env, **_env(raw.get("env"), f"{where}.env", path)}
-        stages.append(Stage(name, words, config, args, env))
+        deps = {k.removeprefix("stages.") for k in used if k.startswith("stages.")}
+        if "out" in used:  # may read anything under out/: after every earlier stage
+            deps = {s.name for s in stages}
+        stages.append(Stage(name, words, config, args, env, deps))
         refs[f"stages.{name}"] = str(out / name)
     return stages
 
@@ -218,7 +235,11 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)  # atomic: a killed run never leaves a half-written marker
 
 
-def run_stage(stage: Stage, out: Path) -> StageResult:
+def run_stage(
+    stage: Stage, out: Path, threads: int | None = None, log: bool = False
+) -> StageResult:
+    """Run one stage (skipped when done before). `threads`: its torch threads unless its
+    env sets OMP_NUM_THREADS; `log`: its output to `<stage>/log.txt`, not the terminal."""
     stage_dir = out / stage.name
     done = stage_dir / DONE
     command = " ".join(stage.command)
@@ -236,9 +257,19 @@ def run_stage(stage: Stage, out: Path) -> StageResult:
     start = time.perf_counter()
     # os.environ carries the run's thread setting (OMP_NUM_THREADS, exported by
     # seqmodels.commands.set_threads); a stage's own env or `threads:` arg overrides it.
-    env = {**os.environ, **stage.env, RESULT_ENV: str(result_file)}
-    code = subprocess.run(cmd, env=env).returncode
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.update({**stage.env, RESULT_ENV: str(result_file)})
+    if log:
+        with open(stage_dir / "log.txt", "a") as sink:
+            code = subprocess.run(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
+    else:
+        code = subprocess.run(cmd, env=env).returncode
     wall = time.perf_counter() - start
+    if log:
+        state = "done" if code == 0 else f"failed (exit code {code})"
+        print(f"[{stage.name}] {state} in {wall:.0f} s; output in {stage_dir / 'log.txt'}")
     if code != 0:
         raise StageFailed(
             f"stage {stage.name!r} (seqmodels {command}) failed with exit code {code}; "
@@ -249,13 +280,51 @@ def run_stage(stage: Stage, out: Path) -> StageResult:
     return StageResult(stage.name, command, "resumed" if resumed else "ran", wall, metrics)
 
 
-def run_recipe(recipe: str | Path, out: str | Path) -> dict:
-    """Run every stage of `recipe` under `out`; returns `{stage: metrics}`."""
+def _run_parallel(stages: list[Stage], out: Path, jobs: int) -> list[StageResult]:
+    """Run stages `jobs` at a time, each once its dependencies have finished."""
+    total = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    threads = max(1, total // jobs)
+    print(f"running up to {jobs} stages at once, {threads} torch thread(s) each", flush=True)
+    results: dict[str, StageResult] = {}
+    pending, running = list(stages), {}
+    failures: list[str] = []
+    with ThreadPoolExecutor(jobs) as pool:
+        while pending or running:
+            while not failures and len(running) < jobs:
+                ready = next((s for s in pending if s.deps <= results.keys()), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                running[pool.submit(run_stage, ready, out, threads, True)] = ready
+            if not running:
+                break  # a failure stopped the launches
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                try:
+                    results[stage.name] = future.result()
+                except StageFailed as err:
+                    failures.append(str(err))
+    if failures:
+        skipped = [s.name for s in pending]
+        later = f"; not started: {', '.join(skipped)}" if skipped else ""
+        raise StageFailed("; ".join(failures) + later)
+    return [results[s.name] for s in stages]
+
+
+def run_recipe(recipe: str | Path, out: str | Path, jobs: int = 1) -> dict:
+    """Run every stage of `recipe` under `out` (up to `jobs` at once); returns
+    `{stage: metrics}`."""
+    if jobs < 1:
+        raise RecipeError(f"jobs must be at least 1, got {jobs}")
     out = Path(out)
     stages = load_recipe(recipe, out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = [run_stage(stage, out) for stage in stages]
+    if jobs == 1:
+        results = [run_stage(stage, out) for stage in stages]
+    else:
+        results = _run_parallel(stages, out, jobs)
     metrics = {r.name: r.metrics for r in results if r.metrics}
     _write_json(out / "metrics.json", metrics)
     report = write_report(out, Path(recipe), results, time.perf_counter() - start)

@@ -234,3 +234,93 @@ def test_report_plots_csv_losses_and_embeds_stage_pngs(tmp_path):
     assert "| train | train/loss | 1.2 |" in text and "| plot | nested.a | 0.25 |" in text
     assert "![train_loss](plots/train_loss.png)" in text and "![fig](plot/fig.png)" in text
     assert (tmp_path / "plots" / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _parallel_recipe(tmp_path: Path) -> Path:
+    """a and b independent, c reads both, d reads ${out}: after everything before it."""
+    stage = lambda name, ref: {"name": name, "command": "data list", "args": {"x": ref}}  # noqa: E731
+    return _write(
+        tmp_path / "p.yaml",
+        {
+            "stages": [
+                stage("a", "1"),
+                stage("b", "2"),
+                stage("c", "${stages.a},${stages.b}"),
+                stage("e", "3"),
+                stage("d", "${out}/f"),
+            ]
+        },
+    )
+
+
+def test_dependencies_come_from_references(tmp_path):
+    a, b, c, e, d = load_recipe(_parallel_recipe(tmp_path), tmp_path / "out")
+    assert (a.deps, b.deps, c.deps, e.deps) == (set(), set(), {"a", "b"}, set())
+    assert d.deps == {"a", "b", "c", "e"}
+
+
+def _fake_stages(monkeypatch, fail: str | None = None) -> list:
+    """run_stage replaced by a sleep that logs (event, stage, time); `fail` raises."""
+    import time
+
+    from seqmodels import recipes
+
+    events, lock = [], __import__("threading").Lock()
+
+    def fake(stage, out, threads=None, log=False):
+        with lock:
+            events.append(("start", stage.name, threads, log))
+        time.sleep(0.3 if stage.name in ("a", "e") else 0.1)
+        with lock:
+            events.append(("end", stage.name, threads, log))
+        if stage.name == fail:
+            raise recipes.StageFailed(f"stage {stage.name!r} failed")
+        return StageResult(stage.name, "data list", "ran", 0.1, {"n": 1})
+
+    monkeypatch.setattr(recipes, "run_stage", fake)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    return events
+
+
+def test_parallel_run_overlaps_independent_stages_and_waits_for_dependencies(tmp_path, monkeypatch):
+    from seqmodels.recipes import run_recipe
+
+    events = _fake_stages(monkeypatch)
+    metrics = run_recipe(_parallel_recipe(tmp_path), tmp_path / "out", jobs=2)
+    order = [(kind, name) for kind, name, _, _ in events]
+    assert order[:2] == [("start", "a"), ("start", "b")]  # both at once
+    for dep in ("a", "b"):
+        assert order.index(("end", dep)) < order.index(("start", "c"))
+    # e needs nothing: it starts when b frees a slot, before a (and so c) is done
+    assert order.index(("start", "e")) < order.index(("start", "c"))
+    assert order.index(("start", "d")) == max(order.index(("end", n)) for n in "abce") + 1
+    assert {threads for _, _, threads, _ in events} == {2} and all(log for *_, log in events)
+    assert list(metrics) == ["a", "b", "c", "e", "d"]  # recipe order, not finishing order
+    assert "| c | `seqmodels data list` | ran |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_parallel_failure_stops_new_stages_and_lets_running_ones_finish(tmp_path, monkeypatch):
+    from seqmodels.recipes import StageFailed, run_recipe
+
+    events = _fake_stages(monkeypatch, fail="b")
+    with pytest.raises(StageFailed, match=r"'b' failed; not started: c, e, d"):
+        run_recipe(_parallel_recipe(tmp_path), tmp_path / "out", jobs=2)
+    order = [(kind, name) for kind, name, _, _ in events]
+    assert ("end", "a") in order  # the running stage finished
+    assert ("start", "e") not in order and ("start", "c") not in order
+
+
+def test_parallel_run_through_the_cli_logs_each_stage(tmp_path):
+    recipe = _write(
+        tmp_path / "r.yaml",
+        {"stages": [{"name": n, "command": "data list"} for n in ("one", "two")]},
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "seqmodels", "run", str(recipe), "--out", str(out), "--jobs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "running up to 2 stages at once" in done.stdout
+    for name in ("one", "two"):
+        assert f"[{name}] done in" in done.stdout
+        assert (out / name / ".done").is_file()
+        assert (out / name / "log.txt").read_text().strip()  # the stage's output, kept

@@ -30,8 +30,9 @@ from seqmodels.recipes import RecipeError, StageFailed, run_recipe
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    """`seqmodels run RECIPE --out DIR`: every stage, then metrics.json and report.md."""
-    return run_recipe(args.recipe, args.out)
+    """`seqmodels run RECIPE --out DIR [--jobs N]`: every stage, then metrics.json and
+    report.md."""
+    return run_recipe(args.recipe, args.out, args.jobs)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
