@@ -221,16 +221,24 @@ def cmd_evaluate(args) -> dict:
         ref_c, train_c = refs.of_class(cls), train.of_class(cls)
         n_ref = min(args.n_ref or len(ref_c), len(ref_c))
         m = generation_metrics(
-            mine, ref_c.points[:n_ref], train_c.points, args.emd, args.emd_points, args.seed, tok
+            mine,
+            ref_c.points[:n_ref],
+            train_c.points,
+            args.emd,
+            args.emd_points,
+            args.seed,
+            tok,
+            references=not args.no_references,
         )
         result[cls] = m
         for who, vals in m.items():
             for k, v in vals.items():
                 flat[f"{cls}/{who}/{k}"] = v
+        oracle = m.get("train_copy")
         print(
             f"{cls}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in m["model"].items())
-            + f"  (train copy 1-NNA-CD {m['train_copy']['1-NNA-CD']:.3f})"
+            + (f"  (train copy 1-NNA-CD {oracle['1-NNA-CD']:.3f})" if oracle else "")
         )
     if tok is not None:
         from .render import render_grid
@@ -397,6 +405,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--emd", action="store_true", help="also the EMD variants (exact, on a subset)")
     add_flag(p, "--emd-points", type=int, default=256)
     add_flag(p, "--tokenizer", default=None, help="also reconstruction Chamfer per scale")
+    add_flag(
+        p,
+        "--no-references",
+        action="store_true",
+        help="score the samples only, without the train-copy and one-shape references: "
+        "they are the same for every model scored against the same split and seed (a "
+        "recipe computes them once; `points compare` shows them beside every model)",
+    )
     add_flag(p, "--out", required=True, help="folder for metrics.json and figures")
     p.set_defaults(func=cmd_evaluate)
 

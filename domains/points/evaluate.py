@@ -53,23 +53,24 @@ def generation_metrics(
     emd_points: int = 256,
     seed: int = 0,
     tokenizer=None,
+    references: bool = True,
 ) -> dict[str, dict[str, float]]:
     """{"model", "train_copy", "single_shape"} PointFlow metrics vs refs, and with a
     tokenizer "tokenized_train_copy": the same training shapes encoded and decoded, i.e.
     what an AR model that memorised its training tokens would score (the tokenizer's
-    ceiling on generation)."""
+    ceiling on generation). `references=False`: "model" only (the references depend only
+    on refs, train, seed and tokenizer, so models scored alike can share one set)."""
     samples, refs, train = shape_bbox(samples), shape_bbox(refs), shape_bbox(train)
     n = len(samples)
-    rng = np.random.default_rng(seed)
-    one = train[rng.integers(len(train))]
     cache: dict = {}  # the reference-reference matrices, computed once
-    out = {
-        "model": pointflow_metrics(samples, refs, emd, emd_points, ref_matrices=cache),
-        "train_copy": train_copy_oracle(train, refs, n, seed, emd, emd_points, cache),
-        "single_shape": pointflow_metrics(
-            np.repeat(one[None], n, 0), refs, emd, emd_points, ref_matrices=cache
-        ),
-    }
+    out = {"model": pointflow_metrics(samples, refs, emd, emd_points, ref_matrices=cache)}
+    if not references:
+        return out
+    one = train[np.random.default_rng(seed).integers(len(train))]
+    out["train_copy"] = train_copy_oracle(train, refs, n, seed, emd, emd_points, cache)
+    out["single_shape"] = pointflow_metrics(
+        np.repeat(one[None], n, 0), refs, emd, emd_points, ref_matrices=cache
+    )
     if tokenizer is not None:
         idx = np.random.default_rng(seed).choice(len(train), min(n, len(train)), replace=False)
         x = torch.from_numpy(train[idx])

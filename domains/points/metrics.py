@@ -24,9 +24,23 @@ CHUNK_PAIRS = 2  # pairs per brute-force block: small blocks stay in cache (meas
 
 
 def chamfer_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Paired Chamfer distance (B,) of clouds x (B, N, 3) and y (B, M, 3); differentiable."""
-    d = torch.cdist(x, y).square()
-    return d.min(dim=2).values.mean(dim=1) + d.min(dim=1).values.mean(dim=1)
+    """Paired Chamfer distance (B,) of clouds x (B, N, 3) and y (B, M, 3); differentiable.
+
+    The nearest neighbours are found without autograd and the
+    loss is the squared distance of the N + M matched pairs: the same value and the same
+    (sub)gradient as min over the full distance matrix, but backward touches N + M pairs,
+    not N x M (cdist's backward over the full matrix cost ~70% of a tokenizer step)."""
+    with torch.no_grad():
+        # argmin_j |x_i - y_j|^2 = argmin_j (|y_j|^2 - 2 x_i.y_j): one product per direction,
+        # each reduced along its last (contiguous) axis, ~2x faster than one matrix
+        # reduced along both axes
+        a, b = x.detach(), y.detach()
+        to_y = torch.baddbmm(b.square().sum(-1)[:, None], a, b.transpose(1, 2), alpha=-2)
+        to_x = torch.baddbmm(a.square().sum(-1)[:, None], b, a.transpose(1, 2), alpha=-2)
+        to_y, to_x = to_y.argmin(dim=2), to_x.argmin(dim=2)  # (B, N) into y, (B, M) into x
+    near_y = y.gather(1, to_y[..., None].expand(-1, -1, y.shape[-1]))
+    near_x = x.gather(1, to_x[..., None].expand(-1, -1, x.shape[-1]))
+    return (x - near_y).square().sum(-1).mean(1) + (y - near_x).square().sum(-1).mean(1)
 
 
 def _as_tensor(a) -> torch.Tensor:

@@ -121,5 +121,7 @@ def test_evaluation_pipeline_reports_model_and_references(trained):
     assert set(m) == {"model", "train_copy", "single_shape", "tokenized_train_copy"}
     assert m["single_shape"]["COV-CD"] == pytest.approx(1 / len(x))
     assert all(0.0 <= v["1-NNA-CD"] <= 1.0 for v in m.values())
+    alone = generation_metrics(rec, x.numpy(), train, tokenizer=tok, references=False)
+    assert alone == {"model": m["model"]}  # the same figures, without the references
     per_level = reconstruction_by_level(tok, dm.sets["val"])
     assert len(per_level) == 3 and all(v > 0 for v in per_level)
