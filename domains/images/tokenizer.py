@@ -14,8 +14,11 @@ Decoders (`decoder`):
 - "mse": learned per-patch queries and the k kept tokens through a bidirectional
   transformer, a linear map to pixels, trained with MSE (FlexTok's perceptual-free baseline).
 - "flow": a rectified-flow decoder (Liu et al. 2023, as FlexTok's): the same transformer
-  predicts the velocity (x1 - x0) from a noisy image x_t = t x1 + (1 - t) x0, t and the
-  tokens; decoding integrates `flow_steps` Euler steps from Gaussian noise.
+  sees a noisy image x_t = t x1 + (1 - t) x0, t and the tokens; it is trained on the
+  velocity x1 - x0 and decoding integrates `flow_steps` Euler steps from Gaussian noise.
+  `flow_predict` "v" outputs the velocity; "x" outputs the clean image x1 and the velocity
+  is (x1_hat - x_t) / (1 - t) (Li & He 2025, JiT), so the last Euler step lands on a clean
+  prediction and the MSE decoder it starts from already predicts the right quantity.
 
 Everything reusable (patch embedding with registers, the mask, nested dropout, FSQ,
 attention blocks) comes from the core: seqmodels.blocks and seqmodels.quantizers.
@@ -35,6 +38,8 @@ from seqmodels.tokenizer import Tokenizer
 
 LAYOUTS = ("1d", "grid")
 DECODERS = ("mse", "flow")
+FLOW_PREDICT = ("v", "x")
+MIN_1MT = 0.05  # x prediction: 1 - t clamped below in the training velocity (as JiT)
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -74,6 +79,7 @@ class ImageTokenizer(Tokenizer):
         min_keep: int = 1,
         decoder: str = "mse",
         flow_steps: int = 8,
+        flow_predict: str = "v",
         init_from: str | None = None,
         freeze_encoder: bool = False,
         **kwargs,
@@ -83,6 +89,8 @@ class ImageTokenizer(Tokenizer):
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+        if flow_predict not in FLOW_PREDICT:
+            raise ValueError(f"flow_predict must be one of {FLOW_PREDICT}, not {flow_predict!r}")
         n_reg = n_tokens if layout == "1d" else 0
         self.embed = PatchEmbed(image_size, patch_size, channels, d_model, n_reg)
         n_patches = self.embed.n_patches
@@ -93,6 +101,7 @@ class ImageTokenizer(Tokenizer):
         self.n_tokens, self.n_patches, self.patch = n_tokens, n_patches, patch_size
         self.size = (image_size, image_size)
         self.layout, self.decoder_kind, self.flow_steps = layout, decoder, flow_steps
+        self.flow_predict = flow_predict
         # grid: raster-causal, so a prefix of k ids describes exactly the first k patches.
         # (A bidirectional grid encoder trained with nested dropout learned to put global
         # content into its first ids: a 1D tokenizer in disguise, not a 2D grid.)
@@ -189,6 +198,14 @@ class ImageTokenizer(Tokenizer):
         h = self.decoder(torch.cat([queries, tokens + self.token_pos], dim=1))
         return self.to_pixels(self.norm_out(h[:, : self.n_patches]))
 
+    def _velocity(self, tokens, k, x_t, t, min_1mt: float = 0.0) -> torch.Tensor:
+        """The flow decoder's velocity at (x_t, t): its output, or from its clean-image
+        prediction ("x"); 1 - t is clamped below at min_1mt."""
+        out = unpatchify(self._decode_patches(tokens, k, x_t, t), self.patch, self.size)
+        if self.flow_predict == "v":
+            return out
+        return (out - x_t) / (1 - t).clamp(min=min_1mt)[:, None, None, None]
+
     def decode_tokens(
         self, tokens: torch.Tensor, k, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -201,8 +218,7 @@ class ImageTokenizer(Tokenizer):
         dt = 1.0 / self.flow_steps
         for i in range(self.flow_steps):  # Euler steps from noise (t = 0) to the image (t = 1)
             t = torch.full((B,), i * dt, device=tokens.device)
-            v = unpatchify(self._decode_patches(tokens, k, x, t), self.patch, self.size)
-            x = x + dt * v
+            x = x + dt * self._velocity(tokens, k, x, t)  # t <= 1 - dt: no division by 0
         return x
 
     @torch.no_grad()
@@ -245,7 +261,7 @@ class ImageTokenizer(Tokenizer):
             t = torch.sigmoid(torch.randn(B, generator=generator)).to(images)
             tt = t[:, None, None, None]
             x_t = tt * images + (1 - tt) * noise
-            v = unpatchify(self._decode_patches(tokens, k, x_t, t), self.patch, self.size)
+            v = self._velocity(tokens, k, x_t, t, MIN_1MT)
             loss = F.mse_loss(v, images - noise)
             logs = {"flow_mse": loss.detach()}
         return loss, logs, ids

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from domains.images.splits import load_split
-from domains.images.tokenizer import ImageTokenizer
+from domains.images.tokenizer import ImageTokenizer, unpatchify
 
 
 def _tok(**kw):
@@ -71,6 +71,23 @@ def test_flow_decoder_is_seeded_and_bounded():
     assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
     loss, logs, _ = tok.train().loss({"image": torch.rand(4, 1, 8, 8)})
     assert "flow_mse" in logs and loss.requires_grad
+
+
+def test_x_prediction_lands_on_its_clean_image():
+    """flow_predict "x": the last Euler step (t = 1 - dt) ends exactly on the decoder's
+    clean-image prediction, whatever the noise it started from."""
+    tok = _tok(decoder="flow", flow_predict="x", flow_steps=1)
+    ids = tok.encode({"image": torch.rand(2, 1, 8, 8)})
+    tokens = tok.from_code(tok.quantizer.indices_to_codes(ids))
+    with torch.no_grad():
+        got = tok.decode_tokens(tokens, 16, torch.Generator().manual_seed(1))
+        x0 = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        patches = tok._decode_patches(tokens, 16, x0, torch.zeros(2))
+    assert torch.allclose(got, unpatchify(patches, 2, (8, 8)), atol=1e-5)
+    loss, _, _ = tok.train().loss({"image": torch.rand(4, 1, 8, 8)})
+    assert torch.isfinite(loss) and loss.requires_grad
+    with pytest.raises(ValueError, match="flow_predict"):
+        _tok(decoder="flow", flow_predict="eps")
 
 
 def test_training_beats_the_mean_image_and_uses_the_codebook():
