@@ -202,8 +202,25 @@ def cmd_evaluate(args) -> dict:
     # the train-copy oracle comes from the shapes a model scored on `split` trained on
     train_split = {"val": "train", "select": "fit"}[args.split]
     refs = load_source(args.source, args.split, classes, args.n_points, args.n_synthetic, args.seed)
+    # a path holds only references (e.g. shapes no model has seen): the train copy needs
+    # the training shapes named apart, or it would copy the references themselves
+    named = args.source in ("synthetic", "modelnet10")
+    train_source = args.train_source or (args.source if named else None)
+    references = not args.no_references
+    if references and train_source is None:
+        print(
+            f"note: {args.source} is a path of reference shapes; the train-copy and one-shape "
+            "references are skipped (name the training shapes with --train-source)",
+            file=sys.stderr,
+        )
+        references = False
     train = load_source(
-        args.source, train_split, classes, args.n_points, args.n_synthetic, args.seed
+        train_source or args.source,
+        train_split,
+        classes,
+        args.n_points,
+        args.n_synthetic,
+        args.seed,
     )
     tok = None
     if args.tokenizer:
@@ -228,7 +245,7 @@ def cmd_evaluate(args) -> dict:
             args.emd_points,
             args.seed,
             tok,
-            references=not args.no_references,
+            references=references,
         )
         result[cls] = m
         for who, vals in m.items():
@@ -405,6 +422,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--emd", action="store_true", help="also the EMD variants (exact, on a subset)")
     add_flag(p, "--emd-points", type=int, default=256)
     add_flag(p, "--tokenizer", default=None, help="also reconstruction Chamfer per scale")
+    add_flag(
+        p,
+        "--train-source",
+        default=None,
+        help="where the train-copy reference's shapes come from (default: --source's "
+        "training split); needed when --source is a path of held-out shapes, e.g. "
+        "`--source ModelNet10/chair/test --train-source modelnet10`",
+    )
     add_flag(
         p,
         "--no-references",
