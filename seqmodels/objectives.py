@@ -70,8 +70,8 @@ def _spec_pad(batch: dict, pad: torch.Tensor) -> torch.Tensor | None:
 def _causal_pad(batch: dict, pad: torch.Tensor) -> torch.Tensor | None:
     """A causal part's padding mask, or None when it needs none: with padding only at the
     end of each row (as `collate` pads) a causal query sees only real keys, and padded
-    queries carry no loss weight, so the unmasked fast path gives the same loss (measured
-    2.1x faster on a padded points raster batch). One host sync, as `_spec_pad`'s."""
+    queries carry no loss weight, so the unmasked fast path gives the same loss (a padded
+    points-raster step: 1.43 -> 1.27 s). One host sync, as `_spec_pad`'s."""
     if batch.get("pad") is None:
         return None
     right_padded = bool((pad[:, 1:] <= pad[:, :-1]).all())

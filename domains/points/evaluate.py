@@ -48,7 +48,7 @@ def generate_clouds(
 def generation_metrics(
     samples: np.ndarray,
     refs: np.ndarray,
-    train: np.ndarray,
+    train: np.ndarray | None,
     emd: bool = False,
     emd_points: int = 256,
     seed: int = 0,
@@ -58,14 +58,16 @@ def generation_metrics(
     """{"model", "train_copy", "single_shape"} PointFlow metrics vs refs, and with a
     tokenizer "tokenized_train_copy": the same training shapes encoded and decoded, i.e.
     what an AR model that memorised its training tokens would score (the tokenizer's
-    ceiling on generation). `references=False`: "model" only (the references depend only
-    on refs, train, seed and tokenizer, so models scored alike can share one set)."""
-    samples, refs, train = shape_bbox(samples), shape_bbox(refs), shape_bbox(train)
+    ceiling on generation). `references=False`: "model" only, `train` unread (the
+    references depend only on refs, train, seed and tokenizer, so models scored alike can
+    share one set)."""
+    samples, refs = shape_bbox(samples), shape_bbox(refs)
     n = len(samples)
     cache: dict = {}  # the reference-reference matrices, computed once
     out = {"model": pointflow_metrics(samples, refs, emd, emd_points, ref_matrices=cache)}
     if not references:
         return out
+    train = shape_bbox(train)
     one = train[np.random.default_rng(seed).integers(len(train))]
     out["train_copy"] = train_copy_oracle(train, refs, n, seed, emd, emd_points, cache)
     out["single_shape"] = pointflow_metrics(
