@@ -1,6 +1,7 @@
-"""Choose the classifier-free guidance scale on MNIST's validation split (never the test
-images): for each scale, 100 class-conditional samples per class from the AR model,
-decoded by each tokenizer given, scored against the validation images (the project's
+"""Choose the classifier-free guidance scale, and a flow decoder's Euler steps, on MNIST's
+validation split (never the test images): for each scale, 100 class-conditional samples per
+class from the AR model, decoded by each tokenizer given (a flow decoder once per
+`--flow-steps` value), scored against the validation images (the project's
 classifier features: Frechet distance, k-NN precision / recall, class accuracy), beside
 the floor of as many real training images against the same validation images. Prints one
 JSON object as its last line.
@@ -8,7 +9,7 @@ JSON object as its last line.
     python bench/images_guidance_select.py --model runs/images_flextok/ar/checkpoints/last.ckpt \\
         --tokenizer flow=runs/images_flextok/flow/checkpoints/last.ckpt \\
         --classifier runs/images_flextok/classifier/classifier.pt --guidance 1 1.5 2 3 \\
-        --out runs/images_guidance_select.json
+        --flow-steps 32 64 --out runs/images_guidance_select.json
 """
 
 from __future__ import annotations
@@ -42,13 +43,24 @@ def main() -> None:
     p.add_argument("--classifier", required=True)
     p.add_argument("--source", default="mnist")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    p.add_argument(
+        "--flow-steps", type=int, nargs="*", default=[], help="default: the checkpoint's"
+    )
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSON file")
     args = p.parse_args()
     torch.set_num_threads(1)
     model = load_module(args.model)
-    toks = {n: load_module(path) for n, path in (s.split("=", 1) for s in args.tokenizer)}
+    toks = {}
+    for name, path in (s.split("=", 1) for s in args.tokenizer):
+        tok = load_module(path)
+        if tok.decoder_kind != "flow" or not args.flow_steps:
+            toks[name] = tok
+            continue
+        for n in args.flow_steps:  # one module per setting: flow_steps is read when decoding
+            toks[f"{name}@euler{n}"] = load_module(path)
+            toks[f"{name}@euler{n}"].flow_steps = n
     clf, _ = load_classifier(args.classifier)
     f_val, _ = classify(clf, load_split(args.source, "val").images)
     n_classes = int(model.hparams.d_cond)

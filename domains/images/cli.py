@@ -28,13 +28,18 @@ EXAMPLES = {
 }
 
 
+FLOW_STEPS_HELP = "Euler steps of a flow decoder (default: its checkpoint's flow_steps)"
+
+
 def _err(msg: str) -> Exception:
     from seqmodels.cli import CLIError
 
     return CLIError(msg)
 
 
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str, flow_steps: int | None = None):
+    """An image tokenizer; `flow_steps` replaces a flow decoder's number of Euler steps
+    (a sampling-time choice: more steps, slower and closer to the trained flow)."""
     from seqmodels.checkpoint import CheckpointError, load_module
 
     from .tokenizer import ImageTokenizer
@@ -45,6 +50,11 @@ def _load_tokenizer(path: str):
         raise _err(f"{path}: {err}") from err
     if not isinstance(tok, ImageTokenizer):
         raise _err(f"{path}: {type(tok).__name__} is not an image tokenizer")
+    if flow_steps is not None:
+        if flow_steps < 1:
+            raise _err(f"--flow-steps {flow_steps}: give at least 1 Euler step")
+        if tok.decoder_kind == "flow":
+            tok.flow_steps = flow_steps
     return tok
 
 
@@ -131,7 +141,7 @@ def cmd_decode(args: argparse.Namespace) -> dict:
     from .generate import decode_codes
     from .io import write_grid
 
-    tok = _load_tokenizer(args.tokenizer)
+    tok = _load_tokenizer(args.tokenizer, args.flow_steps)
     path = Path(args.ids)
     if not path.is_file():
         raise _err(f"{path}: ids file not found (write one with `seqmodels images encode`)")
@@ -161,7 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     from .evaluate import per_class_grid
     from .generate import decode_codes, sample_codes
 
-    tok = _load_tokenizer(args.tokenizer)
+    tok = _load_tokenizer(args.tokenizer, args.flow_steps)
     try:
         model = load_module(args.model)
     except (CheckpointError, FileNotFoundError) as err:
@@ -228,7 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
             name, sep, path = item.partition("=")
             if not sep:
                 name, path = Path(item).parent.parent.name or "tokenizer", item
-            toks[name] = _load_tokenizer(path)
+            toks[name] = _load_tokenizer(path, args.flow_steps)
         shape = _tok_shape(next(iter(toks.values())))
         data = _load_data(args, args.split, args.limit, **shape)
         ref = _load_data(args, "train", args.limit_reference, **shape).images if clf else None
@@ -309,6 +319,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--limit", type=int, default=100)
     add_flag(p, "--nrow", type=int, default=10)
     add_flag(p, "--seed", type=int, default=0, help="noise seed of a flow decoder")
+    add_flag(p, "--flow-steps", type=int, default=None, help=FLOW_STEPS_HELP)
     add_flag(p, "--out", required=True, help="output .png")
 
     p = add("generate", "class-conditional samples with classifier-free guidance", cmd_generate)
@@ -322,6 +333,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--top-k", type=int, default=None)
     add_flag(p, "--top-p", type=float, default=None)
     add_flag(p, "--seed", type=int, default=0)
+    add_flag(p, "--flow-steps", type=int, default=None, help=FLOW_STEPS_HELP)
     add_flag(p, "--out", required=True, help="folder for samples.npz and the PNG grid")
 
     p = add(
@@ -335,4 +347,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(
         p, "--limit-reference", type=int, default=None, help="training images used as reference"
     )
+    add_flag(p, "--flow-steps", type=int, default=None, help=FLOW_STEPS_HELP)
     add_flag(p, "--out", required=True)

@@ -101,6 +101,40 @@ def test_commands_end_to_end(tmp_path, capsys):
     )
     assert Image.open(png).size[0] > 28
 
+    # a flow decoder on the frozen encoder, decoded with the Euler steps chosen at sampling
+    flow = _fit(
+        tmp_path,
+        "flow",
+        {
+            "class_path": "domains.images.tokenizer.ImageTokenizer",
+            "init_args": {
+                "image_size": 8,
+                "patch_size": 2,
+                "n_tokens": 16,
+                "levels": [5, 5, 5],
+                "decoder": "flow",
+                "flow_predict": "x",
+                "init_from": tok,
+                "freeze_encoder": True,
+                "warmup_steps": 2,
+                "max_steps": 4,
+                **TINY,
+            },
+        },
+        digits,
+        steps=4,
+    )
+    grids = {}
+    for n in ("1", "3"):
+        grids[n] = tmp_path / f"flow{n}.png"
+        cmd = ["images", "decode", "--tokenizer", flow, "--ids", str(ids), "--flow-steps", n]
+        assert main([*cmd, "--out", str(grids[n])]) == 0
+    assert not np.array_equal(
+        np.asarray(Image.open(grids["1"])), np.asarray(Image.open(grids["3"]))
+    )
+    assert main([*cmd[:-1], "0", "--out", str(tmp_path / "x.png")]) != 0
+    assert "--flow-steps 0" in capsys.readouterr().err
+
     ar = _fit(
         tmp_path,
         "ar",

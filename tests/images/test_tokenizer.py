@@ -90,6 +90,30 @@ def test_x_prediction_lands_on_its_clean_image():
         _tok(decoder="flow", flow_predict="eps")
 
 
+def test_frozen_encoder_remembers_each_images_codes():
+    """A frozen encoder's codes are remembered per image (by content, in any batch order)
+    and equal the encoder's own; the loss is the same from memory as from the encoder."""
+    tok = _tok(decoder="flow", freeze_encoder=True).train()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        codes, ids = tok._codes(x)
+    calls, encoder = [], tok._codes
+    tok._codes = lambda images: calls.append(len(images)) or encoder(images)
+    got = tok._remembered_codes(x)
+    assert calls == [6] and torch.equal(got[0], codes) and torch.equal(got[1], ids)
+    perm = torch.tensor([5, 0, 3])
+    got = tok._remembered_codes(x[perm])
+    assert calls == [6]  # every image seen: the encoder did not run
+    assert torch.equal(got[0], codes[perm]) and torch.equal(got[1], ids[perm])
+    tok._remembered_codes(torch.cat([x[:2], torch.rand(1, 1, 8, 8)]))
+    assert calls == [6, 3]  # one new image: the batch goes through the encoder
+    batch = {"image": x[perm]}
+    a = tok.loss(batch, torch.Generator().manual_seed(2))[0]
+    tok._frozen_codes.clear()
+    b = tok.loss(batch, torch.Generator().manual_seed(2))[0]
+    assert calls == [6, 3, 3] and torch.equal(a, b)
+
+
 def test_training_beats_the_mean_image_and_uses_the_codebook():
     x = torch.from_numpy(load_split("digits", "train").images)
     tok = _tok().train()
