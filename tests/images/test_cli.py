@@ -13,6 +13,7 @@ from domains.images.splits import load_split
 from seqmodels.cli import main
 
 TINY = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "n_heads": 2}
+TOK = {"image_size": 8, "patch_size": 2, "n_tokens": 16, "levels": [5, 5, 5], **TINY}
 
 
 @pytest.mark.parametrize("command", ["classifier", "encode", "decode", "generate", "evaluate"])
@@ -55,15 +56,7 @@ def test_commands_end_to_end(tmp_path, capsys):
         "tok",
         {
             "class_path": "domains.images.tokenizer.ImageTokenizer",
-            "init_args": {
-                "image_size": 8,
-                "patch_size": 2,
-                "n_tokens": 16,
-                "levels": [5, 5, 5],
-                "warmup_steps": 2,
-                "max_steps": 6,
-                **TINY,
-            },
+            "init_args": {**TOK, "warmup_steps": 2, "max_steps": 6},
         },
         digits,
     )
@@ -108,17 +101,13 @@ def test_commands_end_to_end(tmp_path, capsys):
         {
             "class_path": "domains.images.tokenizer.ImageTokenizer",
             "init_args": {
-                "image_size": 8,
-                "patch_size": 2,
-                "n_tokens": 16,
-                "levels": [5, 5, 5],
+                **TOK,
                 "decoder": "flow",
                 "flow_predict": "x",
                 "init_from": tok,
                 "freeze_encoder": True,
                 "warmup_steps": 2,
                 "max_steps": 4,
-                **TINY,
             },
         },
         digits,
