@@ -22,8 +22,8 @@ from pymatgen.core.periodic_table import Element
 from scipy.optimize import minimize
 
 from domains.crystals.cell import wrapped
-from domains.crystals.neighbors import bond_graph
-from domains.crystals.slices import SlicesGraph, adjacency
+from domains.crystals.neighbors import _useful, bond_graph
+from domains.crystals.slices import SlicesGraph, adjacency, periodicity
 
 
 class DecodeTimeout(RuntimeError):
@@ -48,12 +48,33 @@ class BondTable:
     bond_cn: dict[str, float] = field(default_factory=dict)  # "A:cn-B:cn" -> median
     nonbond: dict[str, float] = field(default_factory=dict)  # "A-B" -> low quantile of contacts
     angles: dict[str, list[float]] = field(default_factory=dict)  # "C:cn" / "*:cn" -> cos modes
+    # the contacts the encoder adds to a bond graph that is not 3-periodic (layers, chains,
+    # molecules), learned apart from the bonds: their length per "A:cn-B:cn" key and per
+    # element pair, and which share of a key's / pair's edges are such contacts
+    contact: dict[str, float] = field(default_factory=dict)
+    contact_cn: dict[str, float] = field(default_factory=dict)
+    contact_share: dict[str, float] = field(default_factory=dict)
+    contact_share_pair: dict[str, float] = field(default_factory=dict)
 
     def bond_length(self, a: str, cna: int, b: str, cnb: int) -> float:
-        key = "-".join(sorted((f"{a}:{cna}", f"{b}:{cnb}")))
+        key = _cn_key(a, cna, b, cnb)
         if key in self.bond_cn:
             return self.bond_cn[key]
         return self.bond.get(_pair(a, b), _radius(a) + _radius(b))
+
+    def contact_length(self, a: str, cna: int, b: str, cnb: int) -> float:
+        key = _cn_key(a, cna, b, cnb)
+        if key in self.contact_cn:
+            return self.contact_cn[key]
+        if _pair(a, b) in self.contact:
+            return self.contact[_pair(a, b)]
+        return max(self.min_distance(a, b), self.bond_length(a, cna, b, cnb))
+
+    def contact_probability(self, a: str, cna: int, b: str, cnb: int) -> float:
+        key = _cn_key(a, cna, b, cnb)
+        if key in self.contact_share:
+            return self.contact_share[key]
+        return self.contact_share_pair.get(_pair(a, b), 0.0)
 
     def min_distance(self, a: str, b: str) -> float:
         if _pair(a, b) in self.nonbond:
@@ -87,6 +108,8 @@ class BondTable:
         A structure whose bond graph cannot be made 3-periodic is left out; its index and the
         reason are appended to `skipped` when given."""
         bond, bond_cn, nonbond = defaultdict(list), defaultdict(list), defaultdict(list)
+        contact, contact_cn = defaultdict(list), defaultdict(list)
+        n_key, n_pair = defaultdict(int), defaultdict(int)
         ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
         it = structures
         if progress:
@@ -96,11 +119,12 @@ class BondTable:
         for k, s in enumerate(it):
             s = wrapped(s)
             try:
-                edges = bond_graph(s, method).edges
+                info = bond_graph(s, method)
             except ValueError as err:
                 if skipped is not None:
                     skipped.append((k, str(err)))
                 continue
+            edges, is_contact = info.edges, info.contact
             if len(edges) == 0:
                 continue
             sp = [site.specie.symbol for site in s]
@@ -108,10 +132,12 @@ class BondTable:
             f, m = s.frac_coords, s.lattice.matrix
             vec = (f[edges[:, 1]] + edges[:, 2:] - f[edges[:, 0]]) @ m
             lengths = np.linalg.norm(vec, axis=1)
-            for (i, j), d in zip(edges[:, :2].tolist(), lengths.tolist()):
-                bond[_pair(sp[i], sp[j])].append(d)
-                key = "-".join(sorted((f"{sp[i]}:{deg[i]}", f"{sp[j]}:{deg[j]}")))
-                bond_cn[key].append(d)
+            for (i, j), d, c in zip(edges[:, :2].tolist(), lengths.tolist(), is_contact):
+                key, pair = _cn_key(sp[i], deg[i], sp[j], deg[j]), _pair(sp[i], sp[j])
+                n_key[key] += 1
+                n_pair[pair] += 1
+                (contact if c else bond)[pair].append(d)
+                (contact_cn if c else bond_cn)[key].append(d)
             _collect_contacts(s, edges, sp, nonbond)
             for k, a, b, cos in _angles(len(s), edges, vec):
                 ang[f"{sp[k]}:{deg[k]}"].append(cos)
@@ -122,12 +148,45 @@ class BondTable:
             bond={k: float(np.median(v)) for k, v in bond.items()},
             bond_cn={k: float(np.median(v)) for k, v in bond_cn.items() if len(v) >= 3},
             nonbond={k: float(np.quantile(v, 0.05)) for k, v in nonbond.items() if len(v) >= 3},
+            contact={k: float(np.median(v)) for k, v in contact.items()},
+            contact_cn={k: float(np.median(v)) for k, v in contact_cn.items() if len(v) >= 3},
+            contact_share={k: len(contact_cn.get(k, ())) / c for k, c in n_key.items() if c >= 3},
+            contact_share_pair={
+                k: len(contact.get(k, ())) / c for k, c in n_pair.items() if c >= 3
+            },
         )
         for src in (ang, ang_cn, ang_pair):
             for k, v in src.items():
                 if len(v) >= 6:
                     table.angles[k] = _modes(np.asarray(v))
         return table
+
+
+def _cn_key(a: str, cna: int, b: str, cnb: int) -> str:
+    return "-".join(sorted((f"{a}:{int(cna)}", f"{b}:{int(cnb)}")))
+
+
+def contact_edges(g: SlicesGraph, table: BondTable) -> np.ndarray:
+    """(E,) bool: the edges of a string taken for the encoder's contacts, not bonds.
+
+    The string does not mark them, so the decoder guesses from the training rows (an edge
+    whose "A:cn-B:cn" key, else element pair, was a contact more often than a bond) and keeps
+    only a guess the encoder could have made: each contact must still change the
+    periodicity of the bonds left (neighbors._useful, the encoder's own rule), and those
+    bonds must not be connected and 3-periodic already (or the encoder adds no contact)."""
+    deg, sp, e = g.degrees(), g.species, g.edges
+    prob = np.array(
+        [table.contact_probability(sp[i], deg[i], sp[j], deg[j]) for i, j in e[:, :2].tolist()]
+    )
+    cand = prob > 0.5
+    while cand.any():
+        useful = _useful(g.n_sites, e[~cand], e[cand])
+        if useful.all():
+            break
+        cand[np.flatnonzero(cand)[~useful]] = False
+    if not cand.any() or periodicity(g.n_sites, e[~cand]) == (1, 3):
+        return np.zeros(len(e), dtype=bool)
+    return cand
 
 
 def _collect_contacts(s: Structure, edges: np.ndarray, sp: list[str], out) -> None:
@@ -197,9 +256,11 @@ def barycentric(g: SlicesGraph) -> np.ndarray:
     np.add.at(lap, (j, j), 1.0)
     np.add.at(lap, (i, j), -1.0)
     np.add.at(lap, (j, i), -1.0)
-    # d/dx_i of |x_j + t - x_i|^2 gives L x = b with b_i -= t, b_j += t
-    np.add.at(rhs, i, -t)
-    np.add.at(rhs, j, t)
+    # setting d/dx_j of sum |x_j + t - x_i|^2 to zero: (L x)_j = sum (x_j - x_i) = -sum t, so
+    # b_j -= t and b_i += t (the signs were the other way round until 2026-12-02, which put
+    # every start at x_j - x_i = +mean(t), bond vectors of up to 2 cells, for the fit to undo)
+    np.add.at(rhs, i, t)
+    np.add.at(rhs, j, -t)
     x = np.zeros((n, 3))
     if n > 1:
         x[1:] = np.linalg.solve(lap[1:, 1:], rhs[1:])
@@ -358,8 +419,12 @@ class _Problem:
         self.g, self.opt, self.deadline = g, opt, deadline
         deg = g.degrees()
         sp = g.species
+        self.contact = contact_edges(g, table)
         self.targets = np.array(
-            [table.bond_length(sp[i], deg[i], sp[j], deg[j]) for i, j in g.edges[:, :2].tolist()]
+            [
+                (table.contact_length if c else table.bond_length)(sp[i], deg[i], sp[j], deg[j])
+                for (i, j), c in zip(g.edges[:, :2].tolist(), self.contact)
+            ]
         )
         self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
         self.angles = _angle_terms(g, table, deg)

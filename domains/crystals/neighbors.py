@@ -24,6 +24,7 @@ class BondInfo:
 
     edges: np.ndarray
     n_contacts: int = 0  # edges added to make the graph connected and 3-periodic
+    contact: np.ndarray | None = None  # (E,) bool: which rows of edges are those contacts
 
 
 def _neighbor_list(structure: Structure, r: float):
@@ -204,12 +205,14 @@ def bond_graph(structure: Structure, method: str = "econnn", contacts: bool = Tr
     else:
         raise ValueError(f"unknown neighbour method {method!r}: use econnn or crystalnn")
     edges = undirected(pairs)
-    info = BondInfo(edges)
+    info = BondInfo(edges, contact=np.zeros(len(edges), dtype=bool))
     if contacts:
         r = 8.0
         while True:  # vacuum gaps (slabs) need long contacts; look further only when needed
             try:
                 info.edges, info.n_contacts = add_contacts(structure, edges, r_max=r)
+                bonds = {tuple(e) for e in edges.tolist()}
+                info.contact = np.array([tuple(e) not in bonds for e in info.edges.tolist()], bool)
                 break
             except ValueError:
                 if r >= 32.0:

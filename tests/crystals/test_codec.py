@@ -60,6 +60,36 @@ def test_layered_structure_gets_contacts_and_decodes(graphite):
     assert decode(info.slices, BondTable.fit([graphite])).ok
 
 
+def test_barycentric_placement_minimises_its_squared_bond_vectors(graphite):
+    from domains.crystals import geometry
+
+    g = parse(encode(graphite))
+    x = geometry.barycentric(g)
+    d = x[g.edges[:, 1]] + g.edges[:, 2:] - x[g.edges[:, 0]]
+    grad = np.zeros_like(x)  # d/dx of sum |x_j + t - x_i|^2, zero at the minimum
+    np.add.at(grad, g.edges[:, 1], 2 * d)
+    np.add.at(grad, g.edges[:, 0], -2 * d)
+    assert np.abs(grad).max() < 1e-9
+    assert np.abs(d).max() <= 2 / 3 + 1e-9  # graphite: no bond vector longer than its own cell
+
+
+def test_contacts_are_learned_apart_from_bonds_and_found_in_the_string(graphite):
+    from domains.crystals import geometry
+
+    other = graphite.copy()
+    other.scale_lattice(graphite.volume * 1.03)
+    table = BondTable.fit([graphite, other])
+    assert table.bond["C-C"] == pytest.approx(1.43, abs=0.02)  # the interlayer pairs left out
+    assert table.contact["C-C"] == pytest.approx(3.37, abs=0.03)
+    g = parse(encode(graphite))
+    found = geometry.contact_edges(g, table)
+    assert found.sum() == encode_info(graphite).n_contacts == 2
+    prob = geometry._Problem(g, table, geometry.FitOptions(), deadline=np.inf)
+    assert prob.targets[found] == pytest.approx(table.contact["C-C"])
+    res = decode(encode(graphite), table)
+    assert res.ok and STRICT.fit(graphite, res.structure)
+
+
 def test_skewed_cell_is_reduced_first(rocksalt):
     # the same crystal in a very skewed cell: bonds would span up to 4 cells along one axis
     skewed = rocksalt.copy()
