@@ -406,9 +406,9 @@ class FitOptions:
     seed: int = 0
     # starts from differently jittered barycentric placements, the lowest final energy wins:
     # one start's minimum depends on the string's site labels and basis (3 of 9 round-trip
-    # rows lost to the canonical frame matched under most relabellings). Round-trip bench,
-    # strict / loose over 3 jitter seeds: 4 starts 84.9 / 93.8%, 1 start 83.7 / 92.3% (2
-    # seeds); 8 starts (one seed) 82.7%, so the energy ranks minima only roughly. 4x the fit.
+    # rows lost to the canonical frame matched under most relabellings). Round-trip bench
+    # after the barycentric sign fix, strict / loose over 3 jitter seeds: 4 starts 86.5 /
+    # 94.2%, 1 start 85.8 / 94.2% (domains/crystals/README.md). 4x the fit.
     restarts: int = 4
 
 
