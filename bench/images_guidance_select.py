@@ -52,15 +52,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     model = load_module(args.model)
-    toks = {}
+    toks = {}  # name -> (tokenizer, Euler steps to decode with; None: not a flow decoder)
     for name, path in (s.split("=", 1) for s in args.tokenizer):
         tok = load_module(path)
         if tok.decoder_kind != "flow" or not args.flow_steps:
-            toks[name] = tok
+            toks[name] = (tok, None)
             continue
-        for n in args.flow_steps:  # one module per setting: flow_steps is read when decoding
-            toks[f"{name}@euler{n}"] = load_module(path)
-            toks[f"{name}@euler{n}"].flow_steps = n
+        for n in args.flow_steps:
+            toks[f"{name}@euler{n}"] = (tok, n)
     clf, _ = load_classifier(args.classifier)
     f_val, _ = classify(clf, load_split(args.source, "val").images)
     n_classes = int(model.hparams.d_cond)
@@ -71,11 +70,13 @@ def main() -> None:
     floor = {"feature_fd": frechet_distance(f_real, f_val), **precision_recall(f_val, f_real)}
     result: dict = {"floor_train_vs_val": {key: round(v, 4) for key, v in floor.items()}}
     print(json.dumps(result), flush=True)
-    k = next(iter(toks.values())).n_tokens
+    k = next(iter(toks.values()))[0].n_tokens
     for g in args.guidance:
         torch.manual_seed(args.seed)
         codes = sample_codes(model, classes, n_classes, k, g, seed=args.seed, progress=False)
-        for name, tok in toks.items():
+        for name, (tok, steps) in toks.items():
+            if steps is not None:  # read when decoding
+                tok.flow_steps = steps
             images = decode_codes(tok, codes, seed=args.seed)
             f, pred = classify(clf, images)
             r = {"feature_fd": frechet_distance(f, f_val)}

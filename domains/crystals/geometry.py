@@ -22,7 +22,7 @@ from pymatgen.core.periodic_table import Element
 from scipy.optimize import minimize
 
 from domains.crystals.cell import wrapped
-from domains.crystals.neighbors import _useful, bond_graph
+from domains.crystals.neighbors import bond_graph, can_change_periodicity
 from domains.crystals.slices import SlicesGraph, adjacency, periodicity
 
 
@@ -171,8 +171,8 @@ def contact_edges(g: SlicesGraph, table: BondTable) -> np.ndarray:
 
     The string does not mark them, so the decoder guesses from the training rows (an edge
     whose "A:cn-B:cn" key, else element pair, was a contact more often than a bond) and keeps
-    only a guess the encoder could have made: each contact must still change the
-    periodicity of the bonds left (neighbors._useful, the encoder's own rule), and those
+    only a guess the encoder could have made: each contact must still change the periodicity
+    of the bonds left (`neighbors.can_change_periodicity`, the encoder's own rule), and those
     bonds must not be connected and 3-periodic already (or the encoder adds no contact)."""
     deg, sp, e = g.degrees(), g.species, g.edges
     prob = np.array(
@@ -180,7 +180,7 @@ def contact_edges(g: SlicesGraph, table: BondTable) -> np.ndarray:
     )
     cand = prob > 0.5
     while cand.any():
-        useful = _useful(g.n_sites, e[~cand], e[cand])
+        useful = can_change_periodicity(g.n_sites, e[~cand], e[cand])
         if useful.all():
             break
         cand[np.flatnonzero(cand)[~useful]] = False

@@ -106,7 +106,7 @@ def undirected(pairs: np.ndarray) -> np.ndarray:
     return unique_edges(pairs) if len(pairs) else _empty()
 
 
-def _useful(n: int, bonds: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def can_change_periodicity(n: int, bonds: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Which candidate edges could ever change the periodicity of a graph holding `bonds`.
 
     A candidate joins two bond components, or closes a cycle whose net offset is outside
@@ -158,12 +158,12 @@ def add_contacts(
     """Add the shortest non-bonded contacts, a shell at a time, until the graph is connected
     and 3-periodic.
 
-    Only contacts that can still change the periodicity count (`_useful`). A shell starts at
-    the shortest of them and ends at the widest gap between their lengths within `band` A
-    beyond it (`_gap_cut`); the whole shell is added and usefulness is recomputed. Shells are
-    thus decided by the geometry, not by site order, and symmetry copies of a contact (equal
-    up to noise) always fall in one shell. Raises ValueError when the contacts within r_max
-    do not suffice (the caller looks further).
+    Only contacts that can still change the periodicity count (`can_change_periodicity`).
+    A shell starts at the shortest of them and ends at the widest gap between their lengths
+    within `band` A beyond it (`_gap_cut`); the whole shell is added and usefulness is
+    recomputed. Shells are thus decided by the geometry, not by site order, and symmetry
+    copies of a contact (equal up to noise) always fall in one shell. Raises ValueError when
+    the contacts within r_max do not suffice (the caller looks further).
     """
     n = len(structure)
     comps, rank = periodicity(n, edges)
@@ -178,7 +178,7 @@ def add_contacts(
     cand, cand_d = cand[order], cand_d[order]
     added = 0
     while not (comps == 1 and rank == 3):
-        keep = _useful(n, edges, cand)
+        keep = can_change_periodicity(n, edges, cand)
         cand, cand_d = cand[keep], cand_d[keep]
         if not len(cand) or cand_d[0] + band + 1.0 > r_max:  # the cut needs what lies beyond
             raise ValueError(f"contacts up to {r_max:.0f} A do not make the graph 3-periodic")

@@ -211,14 +211,14 @@ def test_bond_shell_at_the_econnn_threshold_does_not_flip_with_noise():
 
 
 def test_only_contacts_that_can_change_periodicity_are_candidates(graphite):
-    from domains.crystals.neighbors import _useful, undirected
+    from domains.crystals.neighbors import can_change_periodicity, undirected
 
     s = wrapped(graphite)
     bonds = undirected(econ_pairs(s))
     in_layer = np.array([[0, 0, 1, 0, 0], [2, 2, 1, 0, 0]])  # second neighbours in a layer
     between = np.array([[0, 1, 0, 0, 0], [2, 3, 0, 0, 0]])  # sites 0, 2 at z=1/4; 1, 3 at 3/4
-    assert not _useful(len(s), bonds, in_layer).any()
-    assert _useful(len(s), bonds, between).all()
+    assert not can_change_periodicity(len(s), bonds, in_layer).any()
+    assert can_change_periodicity(len(s), bonds, between).all()
 
 
 def test_pseudo_translation_is_found_in_a_skewed_cell_too(rocksalt):
