@@ -2,8 +2,10 @@
 
 python bench/slices_roundtrip.py --data ../shared/data/crystals/mp20_mini.csv --limit 150
 
-The first --limit rows are the test rows; bond-length statistics are learned from the
-other rows of the same CSV (--table-from rest), from a saved table, or not at all (radii).
+The first --limit rows are the test rows (from row --start); bond-length statistics are
+learned from the other rows of the same CSV (--table-from rest; rows below --holdout are
+left out of it too, so that a dev set, e.g. --start 150 --limit 300 --holdout 150, learns
+from rows no test set uses), from a saved table, or not at all (radii).
 Prints strict (ltol 0.2, stol 0.3, angle_tol 5) and loose (0.3, 0.5, 10) match rates over
 all test rows (a failure counts as a non-match), mean encode / decode seconds per structure
 on one thread, failures by reason; the last line is one JSON object. --rows FILE writes one
@@ -28,14 +30,18 @@ from pymatgen.analysis.structure_matcher import StructureMatcher  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from domains.crystals.codec import decode, encode_info  # noqa: E402
-from domains.crystals.geometry import BondTable, FitOptions  # noqa: E402
+from domains.crystals.geometry import BOND_TARGETS, BondTable, FitOptions  # noqa: E402
 from domains.crystals.io import read_csv  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="MP-20-style CSV with a cif column")
-    ap.add_argument("--limit", type=int, default=150, help="test rows (the first N)")
+    ap.add_argument("--limit", type=int, default=150, help="test rows (N from --start)")
+    ap.add_argument("--start", type=int, default=0, help="first test row")
+    ap.add_argument(
+        "--holdout", type=int, default=0, help="rows [0, N) never enter the learned table"
+    )
     ap.add_argument("--relax", choices=["none", "chgnet"], default="none")
     ap.add_argument("--method", choices=["econnn", "crystalnn"], default="econnn")
     ap.add_argument(
@@ -49,11 +55,17 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=None, help="start jitter (FitOptions)")
     ap.add_argument("--fit-seed", type=int, default=None, help="jitter seed (FitOptions)")
     ap.add_argument("--save-table", default="", help="write the bond table used to this JSON")
+    ap.add_argument(
+        "--bond-targets", choices=BOND_TARGETS, default=None, help="FitOptions.bond_targets"
+    )
+    ap.add_argument("--bv-scale", type=float, default=None, help="FitOptions.bv_scale")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
     records, skipped = read_csv(args.data)
-    test, rest = records[: args.limit], records[args.limit :]
+    stop = args.start + args.limit
+    test = records[args.start : stop]
+    rest = records[max(args.holdout, 0) : args.start] + records[max(stop, args.holdout) :]
     if args.table_from == "rest":
         table = BondTable.fit([r.structure for r in rest], args.method, progress=True)
     elif args.table_from == "none":
@@ -68,6 +80,10 @@ def main() -> None:
         options.jitter = args.jitter
     if args.fit_seed is not None:
         options.seed = args.fit_seed
+    if args.bond_targets is not None:
+        options.bond_targets = args.bond_targets
+    if args.bv_scale is not None:
+        options.bv_scale = args.bv_scale
     if args.save_table:
         table.save(args.save_table)
     strict = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
@@ -120,6 +136,9 @@ def main() -> None:
     out = {
         "data": str(args.data),
         "rows": n,
+        "start": args.start,
+        "holdout": args.holdout,
+        "table_rows": len(rest) if args.table_from == "rest" else None,
         "skipped_rows": len(skipped),
         "method": args.method,
         "relax": args.relax,

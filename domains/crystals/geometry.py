@@ -24,6 +24,7 @@ from scipy.optimize import minimize
 from domains.crystals.cell import wrapped
 from domains.crystals.neighbors import bond_graph, can_change_periodicity
 from domains.crystals.slices import SlicesGraph, adjacency, periodicity
+from domains.crystals.valence import B_BV, network_valences, oxidation_states
 
 
 class DecodeTimeout(RuntimeError):
@@ -55,6 +56,11 @@ class BondTable:
     contact_cn: dict[str, float] = field(default_factory=dict)
     contact_share: dict[str, float] = field(default_factory=dict)
     contact_share_pair: dict[str, float] = field(default_factory=dict)
+    # bond valences (valence.py): per cation-anion pair the R0 of r = R0 - b ln s fitted to
+    # the training bonds' lengths and network valences s, and per "A:cn-B:cn" key the
+    # median ln s of its training bonds
+    bv_r0: dict[str, float] = field(default_factory=dict)
+    bv_lns: dict[str, float] = field(default_factory=dict)
 
     def bond_length(self, a: str, cna: int, b: str, cnb: int) -> float:
         key = _cn_key(a, cna, b, cnb)
@@ -111,6 +117,7 @@ class BondTable:
         contact, contact_cn = defaultdict(list), defaultdict(list)
         n_key, n_pair = defaultdict(int), defaultdict(int)
         ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
+        bv_r0, bv_lns = defaultdict(list), defaultdict(list)
         it = structures
         if progress:
             from tqdm import tqdm
@@ -138,6 +145,11 @@ class BondTable:
                 n_pair[pair] += 1
                 (contact if c else bond)[pair].append(d)
                 (contact_cn if c else bond_cn)[key].append(d)
+            sv = network_valences(len(s), sp, edges, oxidation_states(sp), skip=is_contact)
+            for (i, j), d, v in zip(edges[:, :2].tolist(), lengths.tolist(), sv.tolist()):
+                if np.isfinite(v):
+                    bv_r0[_pair(sp[i], sp[j])].append(d + B_BV * np.log(v))
+                    bv_lns[_cn_key(sp[i], deg[i], sp[j], deg[j])].append(np.log(v))
             _collect_contacts(s, edges, sp, nonbond)
             for k, a, b, cos in _angles(len(s), edges, vec):
                 ang[f"{sp[k]}:{deg[k]}"].append(cos)
@@ -154,6 +166,8 @@ class BondTable:
             contact_share_pair={
                 k: len(contact.get(k, ())) / c for k, c in n_pair.items() if c >= 3
             },
+            bv_r0={k: float(np.median(v)) for k, v in bv_r0.items() if len(v) >= 3},
+            bv_lns={k: float(np.median(v)) for k, v in bv_lns.items() if len(v) >= 3},
         )
         for src in (ang, ang_cn, ang_pair):
             for k, v in src.items():
@@ -187,6 +201,52 @@ def contact_edges(g: SlicesGraph, table: BondTable) -> np.ndarray:
     if not cand.any() or periodicity(g.n_sites, e[~cand]) == (1, 3):
         return np.zeros(len(e), dtype=bool)
     return cand
+
+
+BOND_TARGETS = ("table", "bv_r0", "bv_key")
+
+
+def bond_targets(
+    g: SlicesGraph,
+    table: BondTable,
+    contact: np.ndarray | None = None,
+    mode: str = "table",
+    scale: float = 1.0,
+) -> np.ndarray:
+    """(E,) target length of each edge of a string.
+
+    "table": the learned median per "A:cn-B:cn" key (else element pair, else radii);
+    contacts (`contact`) get the contact lengths. The bond-valence modes change the
+    cation-anion bonds whose network valence s exists (valence.py): "bv_r0" puts them at
+    R0(pair) - b ln s with R0 fitted on the training bonds, "bv_key" corrects the key's
+    median by b ln(s_key / s), s_key the key's median training valence (a bond that carries
+    more valence than its key usually does is shorter). `scale` multiplies that change."""
+    if mode not in BOND_TARGETS:
+        raise ValueError(f"unknown bond targets {mode!r}: use one of {BOND_TARGETS}")
+    deg, sp, e = g.degrees(), g.species, g.edges
+    if contact is None:
+        contact = np.zeros(len(e), dtype=bool)
+    out = np.array(
+        [
+            (table.contact_length if c else table.bond_length)(sp[i], deg[i], sp[j], deg[j])
+            for (i, j), c in zip(e[:, :2].tolist(), contact)
+        ]
+    )
+    if mode == "table" or len(e) == 0:
+        return out
+    sv = network_valences(g.n_sites, sp, e, oxidation_states(sp), skip=contact)
+    for k, ((i, j), v) in enumerate(zip(e[:, :2].tolist(), sv.tolist())):
+        if not np.isfinite(v):
+            continue
+        if mode == "bv_r0":
+            r0 = table.bv_r0.get(_pair(sp[i], sp[j]))
+            if r0 is not None:
+                out[k] += scale * (r0 - B_BV * np.log(v) - out[k])
+        else:
+            lns = table.bv_lns.get(_cn_key(sp[i], deg[i], sp[j], deg[j]))
+            if lns is not None:
+                out[k] += scale * B_BV * (lns - np.log(v))
+    return out
 
 
 def _collect_contacts(s: Structure, edges: np.ndarray, sp: list[str], out) -> None:
@@ -410,6 +470,8 @@ class FitOptions:
     # after the barycentric sign fix, strict / loose over 3 jitter seeds: 4 starts 86.5 /
     # 94.2%, 1 start 85.8 / 94.2% (domains/crystals/README.md). 4x the fit.
     restarts: int = 4
+    bond_targets: str = "table"  # see bond_targets(): "table", "bv_r0", "bv_key"
+    bv_scale: float = 1.0
 
 
 class _Problem:
@@ -420,12 +482,7 @@ class _Problem:
         deg = g.degrees()
         sp = g.species
         self.contact = contact_edges(g, table)
-        self.targets = np.array(
-            [
-                (table.contact_length if c else table.bond_length)(sp[i], deg[i], sp[j], deg[j])
-                for (i, j), c in zip(g.edges[:, :2].tolist(), self.contact)
-            ]
-        )
+        self.targets = bond_targets(g, table, self.contact, opt.bond_targets, opt.bv_scale)
         self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
         self.angles = _angle_terms(g, table, deg)
 
