@@ -99,7 +99,13 @@ def cmd_decode(args) -> dict:
     clouds = []
     for i in range(0, len(ids), args.batch_size):
         clouds.append(
-            tok.decode(ids[i : i + args.batch_size], args.n_points, args.levels, args.seed)
+            tok.decode(
+                ids[i : i + args.batch_size],
+                args.n_points,
+                args.levels,
+                args.seed,
+                args.oversample,
+            )
         )
     clouds = torch.cat(clouds).numpy()
     for i, pts in enumerate(clouds):
@@ -154,6 +160,7 @@ def cmd_generate(args) -> dict:
             args.seed,
             args.batch_size,
             progress=True,
+            oversample=args.oversample,
         )
     else:
         clouds = generate_raster(
@@ -168,6 +175,7 @@ def cmd_generate(args) -> dict:
             args.top_p,
             args.seed,
             args.batch_size,
+            args.oversample,
         )
         ids = np.zeros((len(clouds), 0), np.int64)
     dt = time.time() - t0
@@ -179,12 +187,17 @@ def cmd_generate(args) -> dict:
         ids=ids,
         labels=np.array(labels),
         classes=np.array(known),
+        oversample=args.oversample,
     )
     for i, (pts, lab) in enumerate(zip(clouds, labels)):
         write_ply(out / "ply" / f"{known[lab]}_{i:04d}.ply", pts)
     rows = [(c, [p for p, lab in zip(clouds, labels) if known[lab] == c][:8]) for c in classes]
     render_grid(rows, out / "generated.png")
-    metrics = {"shapes": len(clouds), "shapes_per_s": len(clouds) / dt}
+    metrics = {
+        "shapes": len(clouds),
+        "shapes_per_s": len(clouds) / dt,
+        "oversample": args.oversample,
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{len(clouds)} shapes ({kind}) in {dt:.1f} s -> {out}")
     return metrics
@@ -196,6 +209,8 @@ def cmd_evaluate(args) -> dict:
 
     z = np.load(args.samples)
     sample_classes = list(z["classes"]) if "classes" in z else None
+    # the tokenized references are decoded as the samples were (generate --oversample)
+    oversample = int(z["oversample"]) if "oversample" in z else 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = tuple(args.classes) if args.classes else None
@@ -244,6 +259,7 @@ def cmd_evaluate(args) -> dict:
             args.seed,
             tok,
             references=references,
+            oversample=oversample,
         )
         result[cls] = m
         for who, vals in m.items():
@@ -258,7 +274,7 @@ def cmd_evaluate(args) -> dict:
     if tok is not None:
         from .render import render_grid
 
-        rec = reconstruction_by_level(tok, refs, seed=args.seed)
+        rec = reconstruction_by_level(tok, refs, seed=args.seed, oversample=oversample)
         result["reconstruction_chamfer_by_level"] = dict(zip(map(str, tok.sizes), rec))
         for n, v in zip(tok.sizes, rec):
             flat[f"recon_chamfer/{n}_tokens"] = v
@@ -267,7 +283,7 @@ def cmd_evaluate(args) -> dict:
         x = torch.from_numpy(refs.points[:1])
         ids = tok.encode(x)
         steps = [
-            tok.decode(ids, refs.points.shape[1], k, args.seed)[0].numpy()
+            tok.decode(ids, refs.points.shape[1], k, args.seed, oversample)[0].numpy()
             for k in range(1, len(tok.sizes) + 1)
         ]
         titles = [
@@ -387,6 +403,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("tokens", help=".npz written by `points encode`")
     add_flag(p, "--tokenizer", required=True, help="PointTokenizer checkpoint")
     add_flag(p, "--levels", type=int, default=None, help="decode the first K scales only")
+    add_flag(
+        p,
+        "--oversample",
+        type=int,
+        default=1,
+        help="decode N x this many points and keep a farthest-point subset of N: an even "
+        "spread like the Poisson-disk reference clouds' (default 1: the decoded points as "
+        "they come)",
+    )
     add_flag(p, "--batch-size", type=int, default=32)
     add_flag(p, "--out", required=True, help="folder for the PLY files")
     p.set_defaults(func=cmd_decode)
@@ -400,6 +425,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--top-k", type=int, default=None)
     add_flag(p, "--top-p", type=float, default=None)
     add_flag(p, "--batch-size", type=int, default=50)
+    add_flag(
+        p,
+        "--oversample",
+        type=int,
+        default=1,
+        help="decode N x this many points and keep a farthest-point subset of N: an even "
+        "spread like the Poisson-disk reference clouds' (default 1: the decoded points as "
+        "they come)",
+    )
     add_flag(p, "--out", required=True, help="folder: samples.npz, ply/, generated.png")
     p.set_defaults(func=cmd_generate)
 

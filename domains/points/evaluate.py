@@ -28,8 +28,10 @@ def generate_clouds(
     seed: int = 0,
     batch_size: int = 50,
     progress: bool = False,
+    oversample: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clouds (len(labels), n_points, 3) and their token ids, sampled in batches."""
+    """Clouds (len(labels), n_points, 3) and their token ids, sampled in batches
+    (`oversample`: see `PointTokenizer.decode`)."""
     g = torch.Generator().manual_seed(seed)
     clouds, ids = [], []
     starts = range(0, len(labels), batch_size)
@@ -40,7 +42,9 @@ def generate_clouds(
     for i in starts:
         lab = torch.tensor(labels[i : i + batch_size])
         out = ar.generate(lab, guidance, temperature, top_k, top_p, generator=g)
-        clouds.append(ar.tok.decode(out, n_points, seed=seed + i).cpu().numpy())
+        clouds.append(
+            ar.tok.decode(out, n_points, seed=seed + i, oversample=oversample).cpu().numpy()
+        )
         ids.append(out.cpu().numpy())
     return np.concatenate(clouds), np.concatenate(ids)
 
@@ -54,13 +58,14 @@ def generation_metrics(
     seed: int = 0,
     tokenizer=None,
     references: bool = True,
+    oversample: int = 1,
 ) -> dict[str, dict[str, float]]:
     """{"model", "train_copy", "single_shape"} PointFlow metrics vs refs, and with a
     tokenizer "tokenized_train_copy": the same training shapes encoded and decoded, i.e.
     what an AR model that memorised its training tokens would score (the tokenizer's
     ceiling on generation). `references=False`: "model" only, `train` unread (the
     references depend only on refs, train, seed and tokenizer, so models scored alike can
-    share one set)."""
+    share one set). `oversample`: the tokenized copy decoded as the samples were."""
     samples, refs = shape_bbox(samples), shape_bbox(refs)
     n = len(samples)
     cache: dict = {}  # the reference-reference matrices, computed once
@@ -78,7 +83,12 @@ def generation_metrics(
         x = torch.from_numpy(train[idx])
         rec = torch.cat(
             [
-                tokenizer.decode(tokenizer.encode(x[i : i + 32]), train.shape[1], seed=seed)
+                tokenizer.decode(
+                    tokenizer.encode(x[i : i + 32]),
+                    train.shape[1],
+                    seed=seed,
+                    oversample=oversample,
+                )
                 for i in range(0, len(x), 32)
             ]
         )
@@ -90,7 +100,12 @@ def generation_metrics(
 
 @torch.no_grad()
 def reconstruction_by_level(
-    tok, ps: PointSet, n_points: int | None = None, batch_size: int = 32, seed: int = 0
+    tok,
+    ps: PointSet,
+    n_points: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    oversample: int = 1,
 ) -> list[float]:
     """Mean Chamfer distance between each shape and its decoding from levels 1..S."""
     n_points = n_points or ps.points.shape[1]
@@ -99,6 +114,6 @@ def reconstruction_by_level(
         x = torch.from_numpy(ps.points[i : i + batch_size])
         ids = tok.encode(x)
         for k in range(1, len(tok.sizes) + 1):
-            rec = tok.decode(ids, n_points, levels=k, seed=seed)
+            rec = tok.decode(ids, n_points, levels=k, seed=seed, oversample=oversample)
             totals[k - 1] += chamfer_distance(rec, x).sum().item()
     return (totals / len(ps)).tolist()

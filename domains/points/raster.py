@@ -17,6 +17,7 @@ from seqmodels.data import TokenDataModule
 from seqmodels.vocab import SPECIALS, Vocab
 
 from .data import load_source
+from .sampling import spread
 
 OFFSET = len(SPECIALS)  # cell c has vocabulary id c + OFFSET
 
@@ -98,8 +99,10 @@ def generate_raster(
     top_p: float | None = None,
     seed: int = 0,
     batch_size: int = 50,
+    oversample: int = 1,
 ) -> np.ndarray:
-    """Clouds (len(labels), n_points, 3) sampled from a raster SeqLM."""
+    """Clouds (len(labels), n_points, 3) sampled from a raster SeqLM (`oversample` times
+    the points drawn in the cells, a farthest-point subset kept: sampling.py)."""
     from seqmodels.sampling import generate
 
     eye = torch.eye(n_classes)
@@ -120,4 +123,6 @@ def generate_raster(
         **extra,
     )
     rng = np.random.default_rng(seed)
-    return np.stack([cloud_of([t - OFFSET for t in ids], resolution, n_points, rng) for ids in out])
+    m = n_points * oversample
+    clouds = np.stack([cloud_of([t - OFFSET for t in ids], resolution, m, rng) for ids in out])
+    return spread(torch.from_numpy(clouds), n_points, oversample).numpy()

@@ -39,6 +39,7 @@ from seqmodels.quantizers import MultiScaleQuantizer, ParentResampler
 from seqmodels.tokenizer import Tokenizer
 
 from .metrics import chamfer_distance
+from .sampling import spread
 
 
 def level_ids(sizes: list[int]) -> torch.Tensor:
@@ -137,15 +138,23 @@ class PointTokenizer(Tokenizer):
 
     @torch.no_grad()
     def decode(
-        self, ids: torch.Tensor, n_points: int = 1024, levels: int | None = None, seed: int = 0
+        self,
+        ids: torch.Tensor,
+        n_points: int = 1024,
+        levels: int | None = None,
+        seed: int = 0,
+        oversample: int = 1,
     ) -> torch.Tensor:
         """Clouds (B, n_points, 3) from the ids of the first `levels` levels (all by default;
-        `ids` may hold just those levels)."""
+        `ids` may hold just those levels); `oversample` > 1 decodes that many times the
+        points and keeps a farthest-point subset (sampling.py: an even spread)."""
         k = levels or len(self.quantizer.split(ids))
         ids = ids[:, : self.quantizer.starts[k]].to(self.device)
         f_hat = self.quantizer.indices_to_codes(ids)
         g = torch.Generator().manual_seed(seed)
-        return self.decode_codes(f_hat, n_points, generator=g)
+        return spread(
+            self.decode_codes(f_hat, n_points * oversample, generator=g), n_points, oversample
+        )
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: dict, generator: torch.Generator | None = None):

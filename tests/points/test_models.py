@@ -71,6 +71,11 @@ def test_tokenizer_encode_decode_and_training_lowers_chamfer(trained):
     assert ids.shape == (8, 21) and ids.max() < 125
     assert tok.decode(ids, 300).shape == (8, 300, 3)
     assert tok.decode(ids[:, :5], 50).shape == (8, 50, 3)  # the first two levels only
+    # oversampled: N points kept of 4N decoded, as evenly spread as the decoder allows
+    even = tok.decode(ids, 300, oversample=4)
+    assert even.shape == (8, 300, 3)
+    exact = "donot_use_mm_for_euclid_dist"  # exact distances: a subset of them
+    assert torch.cdist(even, tok.decode(ids, 1200), compute_mode=exact).amin(-1).max() == 0
     after = _chamfers(tok, x)
     assert all(a < b for a, b in zip(after, before)), (before, after)
     # tokens inside a level carry no position: permuting the input points changes nothing
