@@ -37,6 +37,7 @@ RULES = {
     "bv_key": ("bv_key", 1.0),
     "bv_key_0.5": ("bv_key", 0.5),
     "bv_r0_0.5": ("bv_r0", 0.5),
+    "bv_r0_ox": ("bv_r0_ox", 1.0),
 }
 
 

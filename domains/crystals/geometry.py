@@ -61,6 +61,7 @@ class BondTable:
     # median ln s of its training bonds
     bv_r0: dict[str, float] = field(default_factory=dict)
     bv_lns: dict[str, float] = field(default_factory=dict)
+    bv_r0_ox: dict[str, float] = field(default_factory=dict)  # per "A+ox-B-ox" key
 
     def bond_length(self, a: str, cna: int, b: str, cnb: int) -> float:
         key = _cn_key(a, cna, b, cnb)
@@ -117,7 +118,7 @@ class BondTable:
         contact, contact_cn = defaultdict(list), defaultdict(list)
         n_key, n_pair = defaultdict(int), defaultdict(int)
         ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
-        bv_r0, bv_lns = defaultdict(list), defaultdict(list)
+        bv_r0, bv_lns, bv_r0_ox = defaultdict(list), defaultdict(list), defaultdict(list)
         it = structures
         if progress:
             from tqdm import tqdm
@@ -145,10 +146,12 @@ class BondTable:
                 n_pair[pair] += 1
                 (contact if c else bond)[pair].append(d)
                 (contact_cn if c else bond_cn)[key].append(d)
-            sv = network_valences(len(s), sp, edges, oxidation_states(sp), skip=is_contact)
+            oxi = oxidation_states(sp)
+            sv = network_valences(len(s), sp, edges, oxi, skip=is_contact)
             for (i, j), d, v in zip(edges[:, :2].tolist(), lengths.tolist(), sv.tolist()):
                 if np.isfinite(v):
                     bv_r0[_pair(sp[i], sp[j])].append(d + B_BV * np.log(v))
+                    bv_r0_ox[_ox_key(sp[i], sp[j], oxi)].append(d + B_BV * np.log(v))
                     bv_lns[_cn_key(sp[i], deg[i], sp[j], deg[j])].append(np.log(v))
             _collect_contacts(s, edges, sp, nonbond)
             for k, a, b, cos in _angles(len(s), edges, vec):
@@ -168,6 +171,7 @@ class BondTable:
             },
             bv_r0={k: float(np.median(v)) for k, v in bv_r0.items() if len(v) >= 3},
             bv_lns={k: float(np.median(v)) for k, v in bv_lns.items() if len(v) >= 3},
+            bv_r0_ox={k: float(np.median(v)) for k, v in bv_r0_ox.items() if len(v) >= 3},
         )
         for src in (ang, ang_cn, ang_pair):
             for k, v in src.items():
@@ -203,7 +207,11 @@ def contact_edges(g: SlicesGraph, table: BondTable) -> np.ndarray:
     return cand
 
 
-BOND_TARGETS = ("table", "bv_r0", "bv_key")
+BOND_TARGETS = ("table", "bv_r0", "bv_r0_ox", "bv_key")
+
+
+def _ox_key(a: str, b: str, oxi: dict[str, float]) -> str:
+    return "-".join(sorted((f"{a}{oxi[a]:+.2f}", f"{b}{oxi[b]:+.2f}")))
 
 
 def bond_targets(
@@ -234,12 +242,15 @@ def bond_targets(
     )
     if mode == "table" or len(e) == 0:
         return out
-    sv = network_valences(g.n_sites, sp, e, oxidation_states(sp), skip=contact)
+    oxi = oxidation_states(sp)
+    sv = network_valences(g.n_sites, sp, e, oxi, skip=contact)
     for k, ((i, j), v) in enumerate(zip(e[:, :2].tolist(), sv.tolist())):
         if not np.isfinite(v):
             continue
-        if mode == "bv_r0":
+        if mode in ("bv_r0", "bv_r0_ox"):
             r0 = table.bv_r0.get(_pair(sp[i], sp[j]))
+            if mode == "bv_r0_ox":
+                r0 = table.bv_r0_ox.get(_ox_key(sp[i], sp[j], oxi), r0)
             if r0 is not None:
                 out[k] += scale * (r0 - B_BV * np.log(v) - out[k])
         else:
