@@ -59,6 +59,8 @@ def main() -> None:
         "--bond-targets", choices=BOND_TARGETS, default=None, help="FitOptions.bond_targets"
     )
     ap.add_argument("--bv-scale", type=float, default=None, help="FitOptions.bv_scale")
+    ap.add_argument("--select", choices=["energy", "symmetry"], default=None)
+    ap.add_argument("--select-tol", type=float, default=None, help="FitOptions.select_tol")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -84,6 +86,10 @@ def main() -> None:
         options.bond_targets = args.bond_targets
     if args.bv_scale is not None:
         options.bv_scale = args.bv_scale
+    if args.select is not None:
+        options.select = args.select
+    if args.select_tol is not None:
+        options.select_tol = args.select_tol
     if args.save_table:
         table.save(args.save_table)
     strict = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,6 +484,9 @@ class FitOptions:
     restarts: int = 4
     bond_targets: str = "table"  # see bond_targets(): "table", "bv_r0", "bv_key"
     bv_scale: float = 1.0
+    select: str = "energy"  # which start's fit is kept: "energy" or "symmetry" (_select)
+    select_tol: float = 1.5
+    symprec: float = 0.1
 
 
 class _Problem:
@@ -529,6 +533,26 @@ class _Problem:
         return x, m, e
 
 
+def _n_symmetry_ops(x: np.ndarray, m: np.ndarray, g: SlicesGraph, symprec: float) -> int:
+    import spglib
+
+    numbers = [Element(el).Z for el in g.species]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        sym = spglib.get_symmetry((m, x - np.floor(x), numbers), symprec=symprec)
+    return 0 if sym is None else len(sym["rotations"])
+
+
+def _select(fits: list, g: SlicesGraph, opt: FitOptions):
+    """The lowest-energy fit, or with select="symmetry" the most symmetric fit (spglib at
+    opt.symprec) among those within opt.select_tol x the lowest energy (ties: energy)."""
+    best = min(fits, key=lambda f: f[2])
+    if opt.select == "energy" or len(fits) == 1:
+        return best
+    near = [f for f in fits if f[2] <= opt.select_tol * best[2] + 1e-6]
+    return max(near, key=lambda f: (_n_symmetry_ops(f[0], f[1], g, opt.symprec), -f[2]))
+
+
 def embed(
     g: SlicesGraph,
     table: BondTable,
@@ -541,18 +565,16 @@ def embed(
     x0 = barycentric(g)
     m0 = metric_lattice(x0, g, prob.targets)
     rng = np.random.default_rng(opt.seed)
-    best = None
+    fits = []
     for _ in range(opt.restarts):
         x = x0 + rng.normal(scale=opt.jitter, size=x0.shape)  # breaks coincident placements
         try:
-            x, m, e = prob.fit(x, m0)
+            fits.append(prob.fit(x, m0))
         except DecodeTimeout:
-            if best is None:
+            if not fits:
                 raise
             break  # the time limit ends the restarts, not the decode: keep the best so far
-        if best is None or e < best[2]:
-            best = (x, m, e)
-    x, m, _ = best
+    x, m, _ = _select(fits, g, opt)
     if abs(np.linalg.det(m)) < 1e-3 or not np.isfinite(m).all() or not np.isfinite(x).all():
         raise ValueError("geometry fit collapsed the cell")
     # an LLL-reduced cell: the same crystal, and later Niggli reductions stay fast
