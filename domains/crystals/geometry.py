@@ -484,6 +484,7 @@ class FitOptions:
     restarts: int = 4
     bond_targets: str = "table"  # see bond_targets(): "table", "bv_r0", "bv_key"
     bv_scale: float = 1.0
+    rmin_cap: float = 0.0  # > 0: repulsion minimum at most this x the pair's bond median
     select: str = "energy"  # which start's fit is kept: "energy" or "symmetry" (_select)
     select_tol: float = 1.5
     symprec: float = 0.1
@@ -499,6 +500,11 @@ class _Problem:
         self.contact = contact_edges(g, table)
         self.targets = bond_targets(g, table, self.contact, opt.bond_targets, opt.bv_scale)
         self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
+        if opt.rmin_cap > 0:  # a non-bonded pair may come as close as just beyond its bonds
+            bond = np.array(
+                [[table.bond.get(_pair(a, b), _radius(a) + _radius(b)) for b in sp] for a in sp]
+            )
+            self.rmin = np.minimum(self.rmin, opt.rmin_cap * bond)
         self.angles = _angle_terms(g, table, deg)
 
     def terms(self, x: np.ndarray, m: np.ndarray, w_angle: float) -> _Terms:
