@@ -22,6 +22,25 @@ import numpy as np
 
 B_BV = 0.37  # A; the bond-valence softness, the same for every pair (Brown's convention)
 MIN_VALENCE = 0.03  # a network valence below this is no bond the law describes
+MAX_GUESS_COST = 1e9  # pymatgen's guess enumerates every sum of states per element and
+# every product of those sums: Fe13Co11Ni7Mn5Cr3S40 (estimate 8e14) ran for minutes; the
+# costliest MP-20 formulas (estimates up to 2e7) take under 0.3 s
+
+
+def _guess_cost(comp) -> float:
+    """Rough size of pymatgen's search: the product over elements of the number of distinct
+    oxidation-state sums (n * (max - min) + 1) times the combinations behind them."""
+    from math import comb
+
+    from pymatgen.core import Element
+
+    cost = 1.0
+    for el, n in comp.items():
+        e = Element(el.symbol)
+        states = e.icsd_oxidation_states or e.common_oxidation_states or (0,)
+        n = int(round(n))
+        cost *= (n * (max(states) - min(states)) + 1) + comb(n + len(states) - 1, n)
+    return cost
 
 
 @functools.lru_cache(maxsize=8192)
@@ -42,10 +61,13 @@ def _guess(formula: str) -> tuple[tuple[str, float], ...] | None:
 def oxidation_states(species) -> dict[str, float] | None:
     """The most probable charge-balanced oxidation state per element (pymatgen's guess from
     the reduced composition, mixed valence averaged over an element's sites); None when
-    pymatgen finds none (intermetallics, unusual charges)."""
+    pymatgen finds none (intermetallics, unusual charges) or its search would be too long
+    (MAX_GUESS_COST; then the decoder keeps its learned lengths)."""
     from pymatgen.core import Composition
 
     comp = Composition(Counter(species)).reduced_composition
+    if _guess_cost(comp) > MAX_GUESS_COST:
+        return None
     got = _guess(comp.formula)
     return None if got is None else dict(got)
 
