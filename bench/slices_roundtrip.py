@@ -59,6 +59,7 @@ def main() -> None:
         "--bond-targets", choices=BOND_TARGETS, default=None, help="FitOptions.bond_targets"
     )
     ap.add_argument("--bv-scale", type=float, default=None, help="FitOptions.bv_scale")
+    ap.add_argument("--nonbond-cn", action="store_true", help="FitOptions.nonbond_cn")
     ap.add_argument("--rmin-cap", type=float, default=None, help="FitOptions.rmin_cap")
     ap.add_argument("--select", choices=["energy", "symmetry"], default=None)
     ap.add_argument("--select-tol", type=float, default=None, help="FitOptions.select_tol")
@@ -87,6 +88,8 @@ def main() -> None:
         options.bond_targets = args.bond_targets
     if args.bv_scale is not None:
         options.bv_scale = args.bv_scale
+    if args.nonbond_cn:
+        options.nonbond_cn = True
     if args.rmin_cap is not None:
         options.rmin_cap = args.rmin_cap
     if args.select is not None:

@@ -63,6 +63,7 @@ class BondTable:
     bv_r0: dict[str, float] = field(default_factory=dict)
     bv_lns: dict[str, float] = field(default_factory=dict)
     bv_r0_ox: dict[str, float] = field(default_factory=dict)  # per "A+ox-B-ox" key
+    nonbond_cn: dict[str, float] = field(default_factory=dict)  # "A:cn-B:cn" -> 5% quantile
 
     def bond_length(self, a: str, cna: int, b: str, cnb: int) -> float:
         key = _cn_key(a, cna, b, cnb)
@@ -84,7 +85,12 @@ class BondTable:
             return self.contact_share[key]
         return self.contact_share_pair.get(_pair(a, b), 0.0)
 
-    def min_distance(self, a: str, b: str) -> float:
+    def min_distance(self, a: str, b: str, cna: int = -1, cnb: int = -1) -> float:
+        """Repulsion minimum; with coordination numbers the "A:cn-B:cn" key's when learned."""
+        if cna >= 0 and cnb >= 0:
+            got = self.nonbond_cn.get(_cn_key(a, cna, b, cnb))
+            if got is not None:
+                return got
         if _pair(a, b) in self.nonbond:
             return self.nonbond[_pair(a, b)]
         return 1.1 * self.bond.get(_pair(a, b), _radius(a) + _radius(b))
@@ -116,6 +122,7 @@ class BondTable:
         A structure whose bond graph cannot be made 3-periodic is left out; its index and the
         reason are appended to `skipped` when given."""
         bond, bond_cn, nonbond = defaultdict(list), defaultdict(list), defaultdict(list)
+        nonbond_cn = defaultdict(list)
         contact, contact_cn = defaultdict(list), defaultdict(list)
         n_key, n_pair = defaultdict(int), defaultdict(int)
         ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
@@ -154,7 +161,7 @@ class BondTable:
                     bv_r0[_pair(sp[i], sp[j])].append(d + B_BV * np.log(v))
                     bv_r0_ox[_ox_key(sp[i], sp[j], oxi)].append(d + B_BV * np.log(v))
                     bv_lns[_cn_key(sp[i], deg[i], sp[j], deg[j])].append(np.log(v))
-            _collect_contacts(s, edges, sp, nonbond)
+            _collect_contacts(s, edges, sp, nonbond, nonbond_cn, deg)
             for k, a, b, cos in _angles(len(s), edges, vec):
                 ang[f"{sp[k]}:{deg[k]}"].append(cos)
                 a, b = sorted((sp[a], sp[b]))
@@ -164,6 +171,9 @@ class BondTable:
             bond={k: float(np.median(v)) for k, v in bond.items()},
             bond_cn={k: float(np.median(v)) for k, v in bond_cn.items() if len(v) >= 3},
             nonbond={k: float(np.quantile(v, 0.05)) for k, v in nonbond.items() if len(v) >= 3},
+            nonbond_cn={
+                k: float(np.quantile(v, 0.05)) for k, v in nonbond_cn.items() if len(v) >= 20
+            },
             contact={k: float(np.median(v)) for k, v in contact.items()},
             contact_cn={k: float(np.median(v)) for k, v in contact_cn.items() if len(v) >= 3},
             contact_share={k: len(contact_cn.get(k, ())) / c for k, c in n_key.items() if c >= 3},
@@ -261,8 +271,11 @@ def bond_targets(
     return out
 
 
-def _collect_contacts(s: Structure, edges: np.ndarray, sp: list[str], out) -> None:
-    """Shortest non-bonded distance per element pair and site pair in one structure."""
+def _collect_contacts(
+    s: Structure, edges: np.ndarray, sp: list[str], out, out_cn=None, deg=None
+) -> None:
+    """Shortest non-bonded distance per element pair and site pair in one structure (and per
+    "A:cn-B:cn" key into out_cn, given the sites' bond counts deg)."""
     ci, pi, img, dist = s.get_neighbor_list(5.0, exclude_self=True)
     bonded = {(i, j, *t) for i, j, *t in edges.tolist()}
     bonded |= {(j, i, -t[0], -t[1], -t[2]) for i, j, *t in edges.tolist()}
@@ -275,6 +288,8 @@ def _collect_contacts(s: Structure, edges: np.ndarray, sp: list[str], out) -> No
             best[(i, j)] = d
     for (i, j), d in best.items():
         out[_pair(sp[i], sp[j])].append(d)
+        if out_cn is not None:
+            out_cn[_cn_key(sp[i], deg[i], sp[j], deg[j])].append(d)
 
 
 def _angles(n: int, edges: np.ndarray, vec: np.ndarray):
@@ -488,6 +503,7 @@ class FitOptions:
     # "bv_r0_ox" and bv_scale 0.5 did not beat it (domains/crystals/README.md)
     bond_targets: str = "bv_r0"
     bv_scale: float = 1.0
+    nonbond_cn: bool = False  # repulsion minima per "A:cn-B:cn" key where learned (>= 20)
     rmin_cap: float = 0.0  # > 0: repulsion minimum at most this x the pair's bond median
     select: str = "energy"  # which start's fit is kept: "energy" or "symmetry" (_select)
     select_tol: float = 1.5
@@ -503,7 +519,15 @@ class _Problem:
         sp = g.species
         self.contact = contact_edges(g, table)
         self.targets = bond_targets(g, table, self.contact, opt.bond_targets, opt.bv_scale)
-        self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
+        if opt.nonbond_cn:
+            self.rmin = np.array(
+                [
+                    [table.min_distance(a, b, deg[i], deg[j]) for j, b in enumerate(sp)]
+                    for i, a in enumerate(sp)
+                ]
+            )
+        else:
+            self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
         if opt.rmin_cap > 0:  # a non-bonded pair may come as close as just beyond its bonds
             bond = np.array(
                 [[table.bond.get(_pair(a, b), _radius(a) + _radius(b)) for b in sp] for a in sp]
