@@ -384,6 +384,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = pts.add_subparsers(title="points commands", metavar="COMMAND")
     pts.set_defaults(func=lambda args: pts.print_help())
 
+    def oversample_flag(p: argparse.ArgumentParser) -> None:
+        add_flag(
+            p,
+            "--oversample",
+            type=int,
+            default=1,
+            help="decode N x this many points and keep a farthest-point subset of N: an even "
+            "spread like the Poisson-disk reference clouds' (default 1: the decoded points "
+            "as they come)",
+        )
+
     def leaf(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name, help=help_, epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=raw
@@ -403,15 +414,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("tokens", help=".npz written by `points encode`")
     add_flag(p, "--tokenizer", required=True, help="PointTokenizer checkpoint")
     add_flag(p, "--levels", type=int, default=None, help="decode the first K scales only")
-    add_flag(
-        p,
-        "--oversample",
-        type=int,
-        default=1,
-        help="decode N x this many points and keep a farthest-point subset of N: an even "
-        "spread like the Poisson-disk reference clouds' (default 1: the decoded points as "
-        "they come)",
-    )
+    oversample_flag(p)
     add_flag(p, "--batch-size", type=int, default=32)
     add_flag(p, "--out", required=True, help="folder for the PLY files")
     p.set_defaults(func=cmd_decode)
@@ -425,15 +428,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "--top-k", type=int, default=None)
     add_flag(p, "--top-p", type=float, default=None)
     add_flag(p, "--batch-size", type=int, default=50)
-    add_flag(
-        p,
-        "--oversample",
-        type=int,
-        default=1,
-        help="decode N x this many points and keep a farthest-point subset of N: an even "
-        "spread like the Poisson-disk reference clouds' (default 1: the decoded points as "
-        "they come)",
-    )
+    oversample_flag(p)
     add_flag(p, "--out", required=True, help="folder: samples.npz, ply/, generated.png")
     p.set_defaults(func=cmd_generate)
 
