@@ -59,6 +59,9 @@ def main() -> None:
         "--bond-targets", choices=BOND_TARGETS, default=None, help="FitOptions.bond_targets"
     )
     ap.add_argument("--bv-scale", type=float, default=None, help="FitOptions.bv_scale")
+    ap.add_argument(
+        "--nonbond-quantile", type=float, default=0.05, help="repulsion minima (table fit)"
+    )
     ap.add_argument("--nonbond-cn", action="store_true", help="FitOptions.nonbond_cn")
     ap.add_argument("--rmin-cap", type=float, default=None, help="FitOptions.rmin_cap")
     ap.add_argument("--select", choices=["energy", "symmetry"], default=None)
@@ -71,7 +74,12 @@ def main() -> None:
     test = records[args.start : stop]
     rest = records[max(args.holdout, 0) : args.start] + records[max(stop, args.holdout) :]
     if args.table_from == "rest":
-        table = BondTable.fit([r.structure for r in rest], args.method, progress=True)
+        table = BondTable.fit(
+            [r.structure for r in rest],
+            args.method,
+            progress=True,
+            nonbond_quantile=args.nonbond_quantile,
+        )
     elif args.table_from == "none":
         table = BondTable()
     else:
@@ -155,6 +163,7 @@ def main() -> None:
         "method": args.method,
         "relax": args.relax,
         "table_from": args.table_from,
+        "nonbond_quantile": args.nonbond_quantile if args.table_from == "rest" else None,
         "fit_options": options.__dict__,
         "strict_match": round(n_strict / n, 4),
         "loose_match": round(n_loose / n, 4),

@@ -116,6 +116,7 @@ class BondTable:
         method: str = "econnn",
         progress: bool = False,
         skipped: list | None = None,
+        nonbond_quantile: float = 0.05,
     ) -> BondTable:
         """Learn bond lengths, contact distances and angle modes from structures' bond graphs.
 
@@ -170,9 +171,15 @@ class BondTable:
         table = cls(
             bond={k: float(np.median(v)) for k, v in bond.items()},
             bond_cn={k: float(np.median(v)) for k, v in bond_cn.items() if len(v) >= 3},
-            nonbond={k: float(np.quantile(v, 0.05)) for k, v in nonbond.items() if len(v) >= 3},
+            nonbond={
+                k: float(np.quantile(v, nonbond_quantile))
+                for k, v in nonbond.items()
+                if len(v) >= 3
+            },
             nonbond_cn={
-                k: float(np.quantile(v, 0.05)) for k, v in nonbond_cn.items() if len(v) >= 20
+                k: float(np.quantile(v, nonbond_quantile))
+                for k, v in nonbond_cn.items()
+                if len(v) >= 20
             },
             contact={k: float(np.median(v)) for k, v in contact.items()},
             contact_cn={k: float(np.median(v)) for k, v in contact_cn.items() if len(v) >= 3},
