@@ -124,11 +124,13 @@ def _cosine_with_warmup(warmup: int, total: int, min_ratio: float, hold: int = 0
 
 
 def _decay_split(named: list[tuple[str, nn.Parameter]]) -> tuple[list, list]:
-    """AdamW groups: no weight decay on norms, biases and embeddings."""
+    """AdamW groups: no weight decay on norms, biases, embeddings and parameters marked
+    `_no_weight_decay` (mamba-ssm's mark, on Mamba's A_log and D)."""
     decay, no_decay = [], []
     for name, p in named:
         if p.requires_grad:
-            (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
+            exempt = p.dim() < 2 or "embed" in name or getattr(p, "_no_weight_decay", False)
+            (no_decay if exempt else decay).append(p)
     return decay, no_decay
 
 

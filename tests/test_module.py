@@ -417,3 +417,12 @@ def test_compiled_loss_is_one_graph_with_the_eager_loss_and_gradients(toy_vocab,
         for (k, a), b in zip(lm.named_parameters(), ref.parameters()):
             torch.testing.assert_close(a.grad, b.grad, msg=k)
             a.grad = b.grad = None
+
+
+def test_mamba_a_log_and_d_are_not_decayed_as_in_mamba_ssm():
+    model = SeqLM(
+        d_model=16, n_layers=1, max_len=16, backbone="mamba", weight_decay=0.1, vocab_size=12
+    )
+    decayed = {id(p) for g in model.param_groups() if g.get("weight_decay") for p in g["params"]}
+    names = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if id(p) in decayed}
+    assert "weight" in names and not names & {"A_log", "D", "bias"}

@@ -31,7 +31,6 @@ from .tokens import check_crop, crop_at, patchify, random_crop_origin, tiles, un
 from .volume import VolumeError
 
 AUGMENTS = ("flip", "intensity", "elastic", "missing")
-NO_DECAY_NAMES = ("A_log", "D")  # mamba-ssm marks these _no_weight_decay
 
 
 class AffinityHead(nn.Module):
@@ -129,22 +128,6 @@ class AffinityModel(FinetuneModule):
         """What `load_affinity_model` needs: weights and arguments, no pretrained path."""
         args = {**self.rebuild_args, "backbone_config": self.lm.config.to_dict()}
         return {"state_dict": self.state_dict(), "affinity_args": args}
-
-    def param_groups(self) -> list[dict]:
-        """The core's groups (lr per part, decay split, freezing), with A_log and D moved
-        to no-decay groups as mamba-ssm does (the core's split keeps 2-D A_log)."""
-        names = {id(p): n.rsplit(".", 1)[-1] for n, p in self.named_parameters()}
-        groups = []
-        for g in super().param_groups():
-            if not g.get("weight_decay"):
-                groups.append(g)
-                continue
-            moved = [p for p in g["params"] if names[id(p)] in NO_DECAY_NAMES]
-            keep = [p for p in g["params"] if names[id(p)] not in NO_DECAY_NAMES]
-            groups.append({**g, "params": keep})
-            if moved:
-                groups.append({**g, "params": moved, "weight_decay": 0.0})
-        return groups
 
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
         """raw (B, Z, Y, X) crop -> affinity logits (B, C, Z, Y, X)."""

@@ -249,6 +249,9 @@ class MambaMixer(nn.Module):
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(self.d_inner))
+        # mamba-ssm's convention, read by the core's AdamW groups: A and D are not decayed
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, h: torch.Tensor, state: dict | None = None) -> torch.Tensor:
