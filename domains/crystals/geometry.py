@@ -244,7 +244,8 @@ def bond_targets(
     "table": the learned median per "A:cn-B:cn" key (else element pair, else radii);
     contacts (`contact`) get the contact lengths. The bond-valence modes change the
     cation-anion bonds whose network valence s exists (valence.py): "bv_r0" puts them at
-    R0(pair) - b ln s with R0 fitted on the training bonds, "bv_key" corrects the key's
+    R0(pair) - b ln s with R0 fitted on the training bonds ("bv_r0_ox": R0 per pair of
+    oxidation states where learned, else per pair), "bv_key" corrects the key's
     median by b ln(s_key / s), s_key the key's median training valence (a bond that carries
     more valence than its key usually does is shorter). `scale` multiplies that change."""
     if mode not in BOND_TARGETS:
