@@ -26,19 +26,17 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from domains.crystals.cell import reduced_cell  # noqa: E402
-from domains.crystals.geometry import BondTable, bond_targets, contact_edges  # noqa: E402
+from domains.crystals.geometry import (  # noqa: E402
+    BOND_TARGETS,
+    BondTable,
+    bond_targets,
+    contact_edges,
+)
 from domains.crystals.io import read_csv  # noqa: E402
 from domains.crystals.neighbors import bond_graph  # noqa: E402
 from domains.crystals.slices import SlicesGraph  # noqa: E402
 
-RULES = {
-    "table": ("table", 1.0),
-    "bv_r0": ("bv_r0", 1.0),
-    "bv_key": ("bv_key", 1.0),
-    "bv_key_0.5": ("bv_key", 0.5),
-    "bv_r0_0.5": ("bv_r0", 0.5),
-    "bv_r0_ox": ("bv_r0_ox", 1.0),
-}
+RULES = BOND_TARGETS
 
 
 def main() -> None:
@@ -71,8 +69,8 @@ def main() -> None:
         true = np.linalg.norm((f[g.edges[:, 1]] + g.edges[:, 2:] - f[g.edges[:, 0]]) @ m, axis=1)
         contact = contact_edges(g, table)
         row = {"id": rec.id, "formula": s.composition.reduced_formula}
-        for name, (mode, scale) in RULES.items():
-            err = np.log(bond_targets(g, table, contact, mode, scale) / true)
+        for name in RULES:
+            err = np.log(bond_targets(g, table, contact, name) / true)
             err -= err.mean()
             row[name] = (float(np.sqrt((err**2).mean())), float(np.abs(err).max()))
         rows.append(row)

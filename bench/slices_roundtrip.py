@@ -58,14 +58,9 @@ def main() -> None:
     ap.add_argument(
         "--bond-targets", choices=BOND_TARGETS, default=None, help="FitOptions.bond_targets"
     )
-    ap.add_argument("--bv-scale", type=float, default=None, help="FitOptions.bv_scale")
     ap.add_argument(
         "--nonbond-quantile", type=float, default=0.05, help="repulsion minima (table fit)"
     )
-    ap.add_argument("--nonbond-cn", action="store_true", help="FitOptions.nonbond_cn")
-    ap.add_argument("--rmin-cap", type=float, default=None, help="FitOptions.rmin_cap")
-    ap.add_argument("--select", choices=["energy", "symmetry"], default=None)
-    ap.add_argument("--select-tol", type=float, default=None, help="FitOptions.select_tol")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -94,16 +89,6 @@ def main() -> None:
         options.seed = args.fit_seed
     if args.bond_targets is not None:
         options.bond_targets = args.bond_targets
-    if args.bv_scale is not None:
-        options.bv_scale = args.bv_scale
-    if args.nonbond_cn:
-        options.nonbond_cn = True
-    if args.rmin_cap is not None:
-        options.rmin_cap = args.rmin_cap
-    if args.select is not None:
-        options.select = args.select
-    if args.select_tol is not None:
-        options.select_tol = args.select_tol
     if args.save_table:
         table.save(args.save_table)
     strict = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +57,8 @@ class BondTable:
     contact_share: dict[str, float] = field(default_factory=dict)
     contact_share_pair: dict[str, float] = field(default_factory=dict)
     # bond valences (valence.py): per cation-anion pair the R0 of r = R0 - b ln s fitted to
-    # the training bonds' lengths and network valences s, and per "A:cn-B:cn" key the
-    # median ln s of its training bonds
+    # the training bonds' lengths and network valences s
     bv_r0: dict[str, float] = field(default_factory=dict)
-    bv_lns: dict[str, float] = field(default_factory=dict)
-    bv_r0_ox: dict[str, float] = field(default_factory=dict)  # per "A+ox-B-ox" key
-    nonbond_cn: dict[str, float] = field(default_factory=dict)  # "A:cn-B:cn" -> 5% quantile
 
     def bond_length(self, a: str, cna: int, b: str, cnb: int) -> float:
         key = _cn_key(a, cna, b, cnb)
@@ -85,12 +80,7 @@ class BondTable:
             return self.contact_share[key]
         return self.contact_share_pair.get(_pair(a, b), 0.0)
 
-    def min_distance(self, a: str, b: str, cna: int = -1, cnb: int = -1) -> float:
-        """Repulsion minimum; with coordination numbers the "A:cn-B:cn" key's when learned."""
-        if cna >= 0 and cnb >= 0:
-            got = self.nonbond_cn.get(_cn_key(a, cna, b, cnb))
-            if got is not None:
-                return got
+    def min_distance(self, a: str, b: str) -> float:
         if _pair(a, b) in self.nonbond:
             return self.nonbond[_pair(a, b)]
         return 1.1 * self.bond.get(_pair(a, b), _radius(a) + _radius(b))
@@ -123,11 +113,10 @@ class BondTable:
         A structure whose bond graph cannot be made 3-periodic is left out; its index and the
         reason are appended to `skipped` when given."""
         bond, bond_cn, nonbond = defaultdict(list), defaultdict(list), defaultdict(list)
-        nonbond_cn = defaultdict(list)
         contact, contact_cn = defaultdict(list), defaultdict(list)
         n_key, n_pair = defaultdict(int), defaultdict(int)
         ang, ang_cn, ang_pair = defaultdict(list), defaultdict(list), defaultdict(list)
-        bv_r0, bv_lns, bv_r0_ox = defaultdict(list), defaultdict(list), defaultdict(list)
+        bv_r0 = defaultdict(list)
         it = structures
         if progress:
             from tqdm import tqdm
@@ -160,9 +149,7 @@ class BondTable:
             for (i, j), d, v in zip(edges[:, :2].tolist(), lengths.tolist(), sv.tolist()):
                 if np.isfinite(v):
                     bv_r0[_pair(sp[i], sp[j])].append(d + B_BV * np.log(v))
-                    bv_r0_ox[_ox_key(sp[i], sp[j], oxi)].append(d + B_BV * np.log(v))
-                    bv_lns[_cn_key(sp[i], deg[i], sp[j], deg[j])].append(np.log(v))
-            _collect_contacts(s, edges, sp, nonbond, nonbond_cn, deg)
+            _collect_contacts(s, edges, sp, nonbond)
             for k, a, b, cos in _angles(len(s), edges, vec):
                 ang[f"{sp[k]}:{deg[k]}"].append(cos)
                 a, b = sorted((sp[a], sp[b]))
@@ -176,11 +163,6 @@ class BondTable:
                 for k, v in nonbond.items()
                 if len(v) >= 3
             },
-            nonbond_cn={
-                k: float(np.quantile(v, nonbond_quantile))
-                for k, v in nonbond_cn.items()
-                if len(v) >= 20
-            },
             contact={k: float(np.median(v)) for k, v in contact.items()},
             contact_cn={k: float(np.median(v)) for k, v in contact_cn.items() if len(v) >= 3},
             contact_share={k: len(contact_cn.get(k, ())) / c for k, c in n_key.items() if c >= 3},
@@ -188,8 +170,6 @@ class BondTable:
                 k: len(contact.get(k, ())) / c for k, c in n_pair.items() if c >= 3
             },
             bv_r0={k: float(np.median(v)) for k, v in bv_r0.items() if len(v) >= 3},
-            bv_lns={k: float(np.median(v)) for k, v in bv_lns.items() if len(v) >= 3},
-            bv_r0_ox={k: float(np.median(v)) for k, v in bv_r0_ox.items() if len(v) >= 3},
         )
         for src in (ang, ang_cn, ang_pair):
             for k, v in src.items():
@@ -225,11 +205,7 @@ def contact_edges(g: SlicesGraph, table: BondTable) -> np.ndarray:
     return cand
 
 
-BOND_TARGETS = ("table", "bv_r0", "bv_r0_ox", "bv_key")
-
-
-def _ox_key(a: str, b: str, oxi: dict[str, float]) -> str:
-    return "-".join(sorted((f"{a}{oxi[a]:+.2f}", f"{b}{oxi[b]:+.2f}")))
+BOND_TARGETS = ("table", "bv_r0")
 
 
 def bond_targets(
@@ -237,17 +213,14 @@ def bond_targets(
     table: BondTable,
     contact: np.ndarray | None = None,
     mode: str = "bv_r0",
-    scale: float = 1.0,
 ) -> np.ndarray:
     """(E,) target length of each edge of a string.
 
     "table": the learned median per "A:cn-B:cn" key (else element pair, else radii);
-    contacts (`contact`) get the contact lengths. The bond-valence modes change the
-    cation-anion bonds whose network valence s exists (valence.py): "bv_r0" puts them at
-    R0(pair) - b ln s with R0 fitted on the training bonds ("bv_r0_ox": R0 per pair of
-    oxidation states where learned, else per pair), "bv_key" corrects the key's
-    median by b ln(s_key / s), s_key the key's median training valence (a bond that carries
-    more valence than its key usually does is shorter). `scale` multiplies that change."""
+    contacts (`contact`) get the contact lengths. "bv_r0" puts the cation-anion bonds whose
+    network valence s exists (valence.py) at R0(pair) - b ln s instead, R0 fitted on the
+    training bonds. (Measured and dropped, README "Round trip": R0 per pair of oxidation
+    states, a valence correction of the key's median, half the change.)"""
     if mode not in BOND_TARGETS:
         raise ValueError(f"unknown bond targets {mode!r}: use one of {BOND_TARGETS}")
     deg, sp, e = g.degrees(), g.species, g.edges
@@ -264,26 +237,14 @@ def bond_targets(
     oxi = oxidation_states(sp)
     sv = network_valences(g.n_sites, sp, e, oxi, skip=contact)
     for k, ((i, j), v) in enumerate(zip(e[:, :2].tolist(), sv.tolist())):
-        if not np.isfinite(v):
-            continue
-        if mode in ("bv_r0", "bv_r0_ox"):
-            r0 = table.bv_r0.get(_pair(sp[i], sp[j]))
-            if mode == "bv_r0_ox":
-                r0 = table.bv_r0_ox.get(_ox_key(sp[i], sp[j], oxi), r0)
-            if r0 is not None:
-                out[k] += scale * (r0 - B_BV * np.log(v) - out[k])
-        else:
-            lns = table.bv_lns.get(_cn_key(sp[i], deg[i], sp[j], deg[j]))
-            if lns is not None:
-                out[k] += scale * B_BV * (lns - np.log(v))
+        r0 = table.bv_r0.get(_pair(sp[i], sp[j]))
+        if np.isfinite(v) and r0 is not None:
+            out[k] = r0 - B_BV * np.log(v)
     return out
 
 
-def _collect_contacts(
-    s: Structure, edges: np.ndarray, sp: list[str], out, out_cn=None, deg=None
-) -> None:
-    """Shortest non-bonded distance per element pair and site pair in one structure (and per
-    "A:cn-B:cn" key into out_cn, given the sites' bond counts deg)."""
+def _collect_contacts(s: Structure, edges: np.ndarray, sp: list[str], out) -> None:
+    """Shortest non-bonded distance per element pair and site pair in one structure."""
     ci, pi, img, dist = s.get_neighbor_list(5.0, exclude_self=True)
     bonded = {(i, j, *t) for i, j, *t in edges.tolist()}
     bonded |= {(j, i, -t[0], -t[1], -t[2]) for i, j, *t in edges.tolist()}
@@ -296,8 +257,6 @@ def _collect_contacts(
             best[(i, j)] = d
     for (i, j), d in best.items():
         out[_pair(sp[i], sp[j])].append(d)
-        if out_cn is not None:
-            out_cn[_cn_key(sp[i], deg[i], sp[j], deg[j])].append(d)
 
 
 def _angles(n: int, edges: np.ndarray, vec: np.ndarray):
@@ -507,15 +466,10 @@ class FitOptions:
     restarts: int = 4
     # bond_targets(): "bv_r0" (bond valences where they apply, else the learned table) won
     # on the dev rows 150-449 (table learned from rows 450+): strict 87.3 / 86.7% ->
-    # 88.0 / 87.7%, loose 92.7 / 92.7% -> 94.0 / 94.0% at jitter seeds 0 / 1; "bv_key",
-    # "bv_r0_ox" and bv_scale 0.5 did not beat it (domains/crystals/README.md)
+    # 88.0 / 87.7%, loose 92.7 / 92.7% -> 94.0 / 94.0% at jitter seeds 0 / 1; on the first
+    # 150 rows 86.0 / 86.0% strict, 93.3 / 93.3% loose against 86.0 / 86.7, 94.7 / 94.0%
+    # for "table" (domains/crystals/README.md)
     bond_targets: str = "bv_r0"
-    bv_scale: float = 1.0
-    nonbond_cn: bool = False  # repulsion minima per "A:cn-B:cn" key where learned (>= 20)
-    rmin_cap: float = 0.0  # > 0: repulsion minimum at most this x the pair's bond median
-    select: str = "energy"  # which start's fit is kept: "energy" or "symmetry" (_select)
-    select_tol: float = 1.5
-    symprec: float = 0.1
 
 
 class _Problem:
@@ -526,21 +480,8 @@ class _Problem:
         deg = g.degrees()
         sp = g.species
         self.contact = contact_edges(g, table)
-        self.targets = bond_targets(g, table, self.contact, opt.bond_targets, opt.bv_scale)
-        if opt.nonbond_cn:
-            self.rmin = np.array(
-                [
-                    [table.min_distance(a, b, deg[i], deg[j]) for j, b in enumerate(sp)]
-                    for i, a in enumerate(sp)
-                ]
-            )
-        else:
-            self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
-        if opt.rmin_cap > 0:  # a non-bonded pair may come as close as just beyond its bonds
-            bond = np.array(
-                [[table.bond.get(_pair(a, b), _radius(a) + _radius(b)) for b in sp] for a in sp]
-            )
-            self.rmin = np.minimum(self.rmin, opt.rmin_cap * bond)
+        self.targets = bond_targets(g, table, self.contact, opt.bond_targets)
+        self.rmin = np.array([[table.min_distance(a, b) for b in sp] for a in sp])
         self.angles = _angle_terms(g, table, deg)
 
     def terms(self, x: np.ndarray, m: np.ndarray, w_angle: float) -> _Terms:
@@ -575,26 +516,6 @@ class _Problem:
         return x, m, e
 
 
-def _n_symmetry_ops(x: np.ndarray, m: np.ndarray, g: SlicesGraph, symprec: float) -> int:
-    import spglib
-
-    numbers = [Element(el).Z for el in g.species]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        sym = spglib.get_symmetry((m, x - np.floor(x), numbers), symprec=symprec)
-    return 0 if sym is None else len(sym["rotations"])
-
-
-def _select(fits: list, g: SlicesGraph, opt: FitOptions):
-    """The lowest-energy fit, or with select="symmetry" the most symmetric fit (spglib at
-    opt.symprec) among those within opt.select_tol x the lowest energy (ties: energy)."""
-    best = min(fits, key=lambda f: f[2])
-    if opt.select == "energy" or len(fits) == 1:
-        return best
-    near = [f for f in fits if f[2] <= opt.select_tol * best[2] + 1e-6]
-    return max(near, key=lambda f: (_n_symmetry_ops(f[0], f[1], g, opt.symprec), -f[2]))
-
-
 def embed(
     g: SlicesGraph,
     table: BondTable,
@@ -607,16 +528,18 @@ def embed(
     x0 = barycentric(g)
     m0 = metric_lattice(x0, g, prob.targets)
     rng = np.random.default_rng(opt.seed)
-    fits = []
+    best = None
     for _ in range(opt.restarts):
         x = x0 + rng.normal(scale=opt.jitter, size=x0.shape)  # breaks coincident placements
         try:
-            fits.append(prob.fit(x, m0))
+            x, m, e = prob.fit(x, m0)
         except DecodeTimeout:
-            if not fits:
+            if best is None:
                 raise
             break  # the time limit ends the restarts, not the decode: keep the best so far
-    x, m, _ = _select(fits, g, opt)
+        if best is None or e < best[2]:
+            best = (x, m, e)
+    x, m, _ = best
     if abs(np.linalg.det(m)) < 1e-3 or not np.isfinite(m).all() or not np.isfinite(x).all():
         raise ValueError("geometry fit collapsed the cell")
     # an LLL-reduced cell: the same crystal, and later Niggli reductions stay fast

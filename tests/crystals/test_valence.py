@@ -41,21 +41,6 @@ def test_network_valences_skip_what_the_law_does_not_describe(perovskite):
     assert np.isnan(s[skip]).all() and np.isfinite(s[~skip]).all()
 
 
-def test_bv_key_targets_shorten_bonds_that_carry_more_valence_than_their_key(perovskite):
-    table = BondTable.fit([perovskite])
-    g = parse(encode(perovskite))
-    base = bond_targets(g, table, mode="table")
-    assert bond_targets(g, table, mode="bv_key") == pytest.approx(base)  # its own valences
-    key = next(k for k in table.bv_lns if "Ti" in k)
-    table.bv_lns[key] = np.log(0.5)  # Ti-O bonds of this key usually carry 0.5, here 2/3
-    ti = np.array(g.species)[g.edges[:, 0]] == "Ti"
-    got = bond_targets(g, table, mode="bv_key")
-    assert got[ti] == pytest.approx(base[ti] - B_BV * np.log((2 / 3) / 0.5))
-    assert got[~ti] == pytest.approx(base[~ti])
-    half = bond_targets(g, table, mode="bv_key", scale=0.5)
-    assert half[ti] == pytest.approx(base[ti] - 0.5 * B_BV * np.log((2 / 3) / 0.5))
-
-
 def test_bv_r0_targets_follow_the_bond_valence_law(perovskite):
     table = BondTable.fit([perovskite])
     assert table.bv_r0["O-Ti"] == pytest.approx(3.905 / 2 + B_BV * np.log(2 / 3))
