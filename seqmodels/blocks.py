@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .backbones.attention import AttentionSpec
+from .backbones.attention import AttentionSpec, sdpa
 from .backbones.transformer import Block, rope_tables
 
 
@@ -57,9 +56,7 @@ class CrossAttention(nn.Module):
         q = self.q(x).view(B, Lq, H, hd).transpose(1, 2)
         k, v = self.kv(context).view(B, context.shape[1], 2, H, hd).permute(2, 0, 3, 1, 4)
         mask = None if context_pad is None else context_pad[:, None, None, :].to(x.device)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = sdpa(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, Lq, D))
 
 

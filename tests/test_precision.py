@@ -55,3 +55,35 @@ def test_auto_on_the_real_timings_picks_one_and_logs_both(tmp_path):
     i, j = cols.index("precision/fp32_step_s"), cols.index("precision/bf16_step_s")
     row = next(r.split(",") for r in rows if r.split(",")[i])
     assert float(row[i]) > 0 and float(row[j]) > 0
+
+
+def test_cpu_bf16_attention_runs_in_fp32_under_autocast():
+    """The bf16 attention of a training step is computed in fp32 from the bf16 inputs
+    (CPU autocast would otherwise cast the fp32 copies back to bf16: the slow kernel),
+    returns bf16, and its gradients are the fp32 attention's."""
+    import torch.nn.functional as F
+
+    from seqmodels.backbones.attention import sdpa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g).bfloat16().requires_grad_() for _ in "qkv")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sdpa(q, k, v, is_causal=True)
+    ref_in = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_in, is_causal=True)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, ref.bfloat16())
+    y.float().sum().backward()
+    ref.sum().backward()
+    for t, r in zip((q, k, v), ref_in):
+        assert t.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(t.grad.float(), r.grad, atol=1e-2, rtol=1e-2)
+    # A bool mask, and a forward-only call that stays in bf16 (decoding).
+    mask = torch.rand(16, 16, generator=g) > 0.3
+    mask |= torch.eye(16, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ym = sdpa(q, k, v, attn_mask=mask)
+    refm = F.scaled_dot_product_attention(*(t.float() for t in (q, k, v)), attn_mask=mask)
+    assert torch.equal(ym, refm.bfloat16())
+    with torch.no_grad():
+        assert sdpa(q, k, v, is_causal=True).dtype == torch.bfloat16

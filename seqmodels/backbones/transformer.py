@@ -7,11 +7,10 @@ embeddings, condition prefixes and heads live in `SeqLM`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..norms import RMSNorm
-from .attention import AttentionSpec
+from .attention import AttentionSpec, sdpa
 
 
 def rope_tables(
@@ -26,6 +25,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate pairs (x[..., :d/2], x[..., d/2:]) by position-dependent angles."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
+    # The tables in x's dtype: a bf16 x times fp32 tables would promote every product to
+    # fp32 (and cast back), the slowest part of a bf16 step on CPU after attention.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
@@ -75,7 +77,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, qkv[:, :, 2]))  # (B, H, L, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(
+        y = sdpa(
             q,
             k,
             v,
