@@ -164,14 +164,30 @@ def main() -> None:
     if not args.no_litgpt:
         models["litgpt"] = litgpt_model(shape, dev)
     steps = {k: step_fn(m, shape, dev, bf16) for k, m in models.items()}
+    if dev == "cpu":  # bf16 autocast beside fp32, both models, in the same rounds
+        steps.update({f"{k}_bf16": step_fn(m, shape, dev, torch.bfloat16)
+                      for k, m in models.items()})  # fmt: skip
     timers = {k: (lambda s=s: time_per_call(s, args.steps, dev)) for k, s in steps.items()}
     sec = alternate(timers, args.rounds)
     for k, s in sec.items():
         result[f"{k}_ms_per_step"] = round(s * 1e3, 2)
         result[f"{k}_tokens_per_s"] = round(tokens / s)
-        result[f"{k}_params"] = n_params(models[k])
+    for k, m in models.items():
+        result[f"{k}_params"] = n_params(m)
     if "litgpt" in sec:
         result["speedup_vs_litgpt"] = round(sec["litgpt"] / sec["seqmodels"], 3)
+    if dev == "cpu":
+        result["bf16_speedup_vs_fp32"] = round(sec["seqmodels"] / sec["seqmodels_bf16"], 3)
+        if "litgpt" in sec:
+            result["litgpt_bf16_speedup_vs_fp32"] = round(sec["litgpt"] / sec["litgpt_bf16"], 3)
+            result["bf16_speedup_vs_litgpt_bf16"] = round(
+                sec["litgpt_bf16"] / sec["seqmodels_bf16"], 3
+            )
+            # Each at its faster precision (what `--trainer.precision auto` aims for).
+            best = min(sec["seqmodels"], sec["seqmodels_bf16"])
+            result["best_speedup_vs_litgpt_best"] = round(
+                min(sec["litgpt"], sec["litgpt_bf16"]) / best, 3
+            )
 
     if args.compile:
         import torch._inductor.config as inductor_config
@@ -202,7 +218,24 @@ def main() -> None:
         fns["eager"] = lambda: time_per_call(steps["seqmodels"], args.steps, dev)
         if "litgpt" in steps:
             fns["litgpt"] = lambda: time_per_call(steps["litgpt"], args.steps, dev)
+        if dev == "cpu":  # the compiled step under bf16 autocast: its own graphs
+            step16 = step_fn(m, shape, dev, torch.bfloat16)
+            t0 = time.perf_counter()
+            step16()
+            first16 = time.perf_counter() - t0
+            fns["compiled_bf16"] = lambda: time_per_call(step16, args.steps, dev)
         csec = alternate(fns, args.rounds)
+        if "compiled_bf16" in csec:
+            # The compiled bf16 loss against eager bf16 at the same (trained) weights.
+            eager_model.load_state_dict(m.state_dict())
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                diff = m.objective_loss(check, None)[0] - eager_model.objective_loss(check, None)[0]
+            result["compiled_bf16_loss_abs_diff"] = float(diff.abs())
+            c16 = csec["compiled_bf16"]
+            result["seqmodels_compiled_bf16_ms_per_step"] = round(c16 * 1e3, 2)
+            result["compile_seconds_bf16"] = round(first16 - c16, 1)
+            if "litgpt" in csec:
+                result["compiled_bf16_speedup_vs_litgpt_eager"] = round(csec["litgpt"] / c16, 3)
         result["seqmodels_compiled_ms_per_step"] = round(csec["compiled"] * 1e3, 2)
         result["seqmodels_eager_ms_per_step_in_compiled_block"] = round(csec["eager"] * 1e3, 2)
         result["compile_seconds"] = round(first - csec["compiled"], 1)
@@ -217,25 +250,21 @@ def main() -> None:
 
     if dev == "cpu":
         result.update(norm_timings(args.rounds, dev))
-        # bf16 autocast vs fp32 for our model at this shape.
-        m16 = ours(shape, dev)
-        s16 = alternate(
-            {
-                "bf16": lambda: time_per_call(
-                    step_fn(m16, shape, dev, torch.bfloat16), args.steps, dev
-                )
-            },
-            args.rounds,
-        )["bf16"]
-        result["seqmodels_bf16_ms_per_step"] = round(s16 * 1e3, 2)
-        result["bf16_speedup_vs_fp32"] = round(sec["seqmodels"] / s16, 3)
-        # MFU at width 512 against the matmul peak measured now.
+        # MFU at width 512 against the matmul peak measured now; fp32 and bf16 alternating.
         wide = SHAPES["mfu512"]
         peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-        for name, dt in (("fp32", None), ("bf16", torch.bfloat16)):
-            m = ours(wide, dev)
-            s = time_per_call(step_fn(m, wide, dev, dt), args.steps, dev)
-            achieved = flops_per_token(m, wide) * wide["batch"] * wide["block"] / s / 1e9
+        mw = ours(wide, dev)
+        wsteps = {
+            "fp32": step_fn(mw, wide, dev, None),
+            "bf16": step_fn(mw, wide, dev, torch.bfloat16),
+        }
+        wsec = alternate(
+            {k: (lambda s=s: time_per_call(s, args.steps, dev)) for k, s in wsteps.items()},
+            args.rounds,
+        )
+        result["width512_bf16_speedup_vs_fp32"] = round(wsec["fp32"] / wsec["bf16"], 3)
+        for name, s in wsec.items():
+            achieved = flops_per_token(mw, wide) * wide["batch"] * wide["block"] / s / 1e9
             result[f"width512_{name}_gflops"] = round(achieved, 1)
             result[f"matmul_peak_{name}_gflops"] = round(peaks[name], 1)
             result[f"width512_{name}_mfu"] = round(achieved / peaks[name], 3)
