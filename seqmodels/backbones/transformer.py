@@ -23,12 +23,13 @@ def rope_tables(
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[..., :d/2], x[..., d/2:]) by position-dependent angles."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
+    # chunk / split rather than slicing: their backward is one cat of the parts' gradients,
+    # where each slice's backward writes a zero tensor of x's size and adds it in.
+    x1, x2 = x.chunk(2, dim=-1)
     # The tables in x's dtype: a bf16 x times fp32 tables would promote every product to
     # fp32 (and cast back), the slowest part of a bf16 step on CPU after attention.
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class KVCache:
@@ -73,8 +74,9 @@ class Attention(nn.Module):
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads)
         # One rotation for q and k together: decoding is bound by per-op overhead.
-        q, k = apply_rope(qkv[:, :, :2], cos[:, None, None], sin[:, None, None]).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, qkv[:, :, 2]))  # (B, H, L, hd)
+        qk, v = qkv.split((2, 1), dim=2)
+        q, k = apply_rope(qk, cos[:, None, None], sin[:, None, None]).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v.squeeze(2)))  # (B, H, L, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = sdpa(
