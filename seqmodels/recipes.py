@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -235,6 +237,48 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)  # atomic: a killed run never leaves a half-written marker
 
 
+# The stage processes running now: a SIGTERM to the runner is passed on to them (a stage
+# runs as a child process, so `kill` or a scheduler's stop would otherwise leave it running).
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def _call(cmd: list[str], env: dict, sink=None) -> int:
+    """Run a stage process to its end; its exit code. Interrupted (Ctrl-C, or SIGTERM via
+    `_stop_children`), the stage is stopped too and waited for before the error goes on."""
+    err = None if sink is None else subprocess.STDOUT
+    proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=err)
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(proc)
+    try:
+        return proc.wait()
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
+
+
+def _stop_children(signum: int, _frame) -> None:
+    """SIGTERM handler: pass the signal on to every running stage, then exit 128 + signum
+    (stages in worker threads of a parallel run end before the pool does). Finished stages
+    keep their `.done`; an interrupted fit resumes from its last checkpoint."""
+    with _CHILDREN_LOCK:
+        children = list(_CHILDREN)
+    for proc in children:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+    print(f"stopped by signal {signum}; rerun the recipe to continue", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
 def run_stage(
     stage: Stage, out: Path, threads: int | None = None, log: bool = False
 ) -> StageResult:
@@ -263,9 +307,9 @@ def run_stage(
     env.update({**stage.env, RESULT_ENV: str(result_file)})
     if log:
         with open(stage_dir / "log.txt", "a") as sink:
-            code = subprocess.run(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
+            code = _call(cmd, env, sink)
     else:
-        code = subprocess.run(cmd, env=env).returncode
+        code = _call(cmd, env)
     wall = time.perf_counter() - start
     if log:
         state = "done" if code == 0 else f"failed (exit code {code})"
@@ -321,10 +365,16 @@ def run_recipe(recipe: str | Path, out: str | Path, jobs: int = 1) -> dict:
     stages = load_recipe(recipe, out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if jobs == 1:
-        results = [run_stage(stage, out) for stage in stages]
-    else:
-        results = _run_parallel(stages, out, jobs)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_children) if main else None
+    try:
+        if jobs == 1:
+            results = [run_stage(stage, out) for stage in stages]
+        else:
+            results = _run_parallel(stages, out, jobs)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     metrics = {r.name: r.metrics for r in results if r.metrics}
     _write_json(out / "metrics.json", metrics)
     report = write_report(out, Path(recipe), results, time.perf_counter() - start)

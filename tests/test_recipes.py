@@ -216,6 +216,58 @@ def test_killed_fit_resumes_then_rerun_skips_everything(tmp_path):
     assert torch.load(last, weights_only=True)["global_step"] == 8
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("target", ["runner", "stage"])
+def test_sigterm_stops_the_run_and_the_stage_is_not_done(tmp_path, target):
+    """`kill` of `seqmodels run` (or a scheduler's stop) reaches the stage process too: the
+    runner exits 143 soon after and its fit child is gone. `kill` of the fit alone: Lightning
+    stops it cleanly, but the fit exits 143 (not 0), so the runner fails (exit 1). Either
+    way the stage is not marked done."""
+    import time
+
+    recipe = yaml.safe_load(_recipe(tmp_path).read_text())
+    recipe["stages"][0]["args"]["trainer.max_steps"] = 100_000
+    path = _write(tmp_path / "long.yaml", recipe)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "seqmodels", "run", str(path), "--out", str(out)]
+    sink = (tmp_path / "runner.log").open("w")  # a file, not a pipe nobody drains
+    runner = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    children = Path(f"/proc/{runner.pid}/task/{runner.pid}/children")
+    deadline, child = time.monotonic() + 120, None
+    while time.monotonic() < deadline and runner.poll() is None:
+        pids = children.read_text().split() if children.exists() else []
+        if pids and (out / "train" / "checkpoints" / "last.ckpt").exists():
+            child = int(pids[0])  # the fit stage, training (it has saved a checkpoint)
+            break
+        time.sleep(0.2)
+    assert child is not None, (
+        "the fit stage did not start: " + (tmp_path / "runner.log").read_text()
+    )
+    if target == "runner":
+        runner.send_signal(signal.SIGTERM)
+    else:
+        os.kill(child, signal.SIGTERM)
+    try:
+        runner.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        runner.kill()
+        raise
+    orphan = Path(f"/proc/{child}").exists()  # the runner reaps its stage: none is left
+    if orphan:
+        os.kill(child, signal.SIGKILL)
+    assert not orphan
+    log = (tmp_path / "runner.log").read_text()
+    if target == "runner":
+        assert runner.returncode == 128 + signal.SIGTERM
+        assert "stopped by signal 15; rerun the recipe to continue" in log
+    else:
+        assert runner.returncode == 1
+        assert "stopped by SIGTERM" in log and "failed with exit code 143" in log
+    assert not (out / "train" / ".done").exists()
+
+
 def test_report_plots_csv_losses_and_embeds_stage_pngs(tmp_path):
     stage = tmp_path / "train"
     (stage / "lightning_logs" / "version_0").mkdir(parents=True)

@@ -9,6 +9,7 @@ is imported inside the functions: it is slow to import and most commands never n
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,27 +151,36 @@ def lightning_cli_class() -> type:
 
 def run_lightning(argv: Sequence[str]) -> dict[str, float]:
     """Run a LightningCLI subcommand; returns the trainer's final logged metrics."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     cli_class = lightning_cli_class()
     kwargs = {
         c: {"epilog": f"example: {EXAMPLES[c]}", "description": LIGHTNING_HELP[c]}
         for c in LIGHTNING_COMMANDS
     }
-    cli = cli_class(
-        model_class=None,
-        datamodule_class=None,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        # TokenDataModule's resumable sampler shards batches by rank itself; Lightning's
-        # DistributedSampler replacement would break it (a plain datamodule may set it true).
-        trainer_defaults={"use_distributed_sampler": False},
-        save_config_kwargs={"overwrite": True},
-        # Checkpoints load through seqmodels.checkpoint.load_module; Lightning's own support
-        # would put `_class_path` / `_instantiator` into the model's hyperparameters.
-        load_from_checkpoint_support=False,
-        parser_kwargs={**kwargs, "prog": "seqmodels"},
-        args=list(argv),
-    )
+    try:
+        cli = cli_class(
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            # TokenDataModule's resumable sampler shards batches by rank itself; Lightning's
+            # DistributedSampler replacement would break it (a plain datamodule may set it).
+            trainer_defaults={"use_distributed_sampler": False},
+            save_config_kwargs={"overwrite": True},
+            # Checkpoints load through seqmodels.checkpoint.load_module; Lightning's own
+            # support would put `_class_path` / `_instantiator` into the hyperparameters.
+            load_from_checkpoint_support=False,
+            parser_kwargs={**kwargs, "prog": "seqmodels"},
+            args=list(argv),
+        )
+    except SIGTERMException as err:
+        # Lightning stops on SIGTERM with a bare SystemExit (exit code 0): a recipe would
+        # take the unfinished stage for done. 128 + 15, as for a process the signal killed.
+        print("seqmodels: stopped by SIGTERM (a recipe rerun resumes from the last checkpoint)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(143) from err
     if not cli.trainer.is_global_zero:
         return {}
     return scalar_metrics(cli.trainer.callback_metrics)
