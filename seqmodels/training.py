@@ -176,6 +176,28 @@ class _Optimised(ExactResume):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (it
+        could unscale the gradients itself), also in bf16-mixed, which has no grad scaler:
+        `fit --trainer.precision bf16-mixed` (or `auto`) with `gradient_clip_val` stopped
+        with an error. Without a scaler there is nothing to unscale: clip as in fp32."""
+        plugin = self.trainer.precision_plugin
+        scaled = getattr(plugin, "scaler", None) is not None
+        if (
+            gradient_clip_val
+            and not scaled
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            from pytorch_lightning.plugins.precision import Precision
+            from pytorch_lightning.utilities import GradClipAlgorithmType
+
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
 
 class CompileBackbone(pl.Callback):
     """`fit --compile`: when a fit starts, `torch.compile` the module's loss where it has

@@ -87,3 +87,23 @@ def test_cpu_bf16_attention_runs_in_fp32_under_autocast():
     assert torch.equal(ym, refm.bfloat16())
     with torch.no_grad():
         assert sdpa(q, k, v, is_causal=True).dtype == torch.bfloat16
+
+
+def test_bf16_fit_clips_gradients_with_the_fused_optimizer(tmp_path):
+    """bf16-mixed has no grad scaler, so clipping with the fused AdamW is plain clipping:
+    Lightning's mixed-precision plugin refused it (a fit with `gradient_clip_val` stopped
+    with an error). The fit runs, and the clip scales the gradients to the norm asked."""
+    import pytorch_lightning as pl
+
+    from seqmodels.training import SeqLM
+
+    _fit(tmp_path, ["--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "0.5"])
+    module = SeqLM(vocab_size=11, d_model=16, n_layers=1, n_heads=2, max_len=8, max_steps=10)
+    module.trainer = pl.Trainer(precision="bf16-mixed", accelerator="cpu", logger=False)
+    opt = module.configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"]
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    module.configure_gradient_clipping(opt, 0.5, "norm")
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
+    assert abs(float(norm) - 0.5) < 1e-4
