@@ -4,8 +4,8 @@ and first batch, and train in whichever is faster.
 Whether bf16 pays depends on the CPU (AMX or AVX512-BF16, or neither) and on the shape:
 on a 2-core Zen 4 EPYC the baby model ran 0.91x in bf16 and a width-512 model 1.6x; on a
 2-core AMX Xeon (with the attention of a training step in fp32, `sdpa`) 1.3-1.5x and
-2.0-2.3x, so a fixed default is wrong somewhere. Lightning has no such mode; we time forward + backward
-of the first training batch both ways (the weights, buffers, gradients and random
+2.0-2.3x, so a fixed default is wrong somewhere. Lightning has no such mode; we time
+forward + backward of the first training batch both ways (the weights, buffers, gradients and random
 streams are restored afterwards, and nothing is logged) and keep bf16 only when it is
 faster by `margin` (15%: the trial times forward + backward, and the optimiser step,
 the same in both precisions, dilutes the gain), so it is not chosen where it is slower.

@@ -147,10 +147,10 @@ def sdpa(
     is_causal: bool = False,
 ) -> torch.Tensor:
     """`F.scaled_dot_product_attention`, but on CPU a bf16 / fp16 attention that will be
-    differentiated runs in fp32: torch's CPU flash-attention backward is 4-5x slower in
-    bf16 than in fp32 (measured on AMX and AVX512-BF16 Xeons and EPYCs, (12, 4, 64, 32) and
-    (12, 8, 64, 64)), more than the casts cost. Forward-only calls (decoding) keep the
-    input dtype, where the bf16 kernel is as fast."""
+    differentiated runs in fp32: torch's CPU flash-attention forward + backward is 2.6-4.3x
+    slower in bf16 than in fp32 with the casts (an AMX Xeon at (12, 8, 64, 64) and
+    (12, 4, 64, 32); 2-2.5x on a Zen 4 EPYC). Forward-only calls (decoding) keep the input
+    dtype, where the bf16 kernel is as fast."""
     low = q.dtype in (torch.bfloat16, torch.float16)
     if low and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
         # CPU autocast lists SDPA as a bf16 op: it would cast the fp32 copies back.
