@@ -224,7 +224,12 @@ class PointTokenSource(TokenDataModule):
     `TokenizedDataModule` (tokens encoded once by a trained tokenizer and cached); its
     batches carry the clouds as `points` too, which `PointTokenizer.encode` reads.
     `splits`: the source splits trained and validated on, (train, val) by default;
-    (fit, select) for model selection that never reads the validation shapes."""
+    (fit, select) for model selection that never reads the validation shapes.
+    `views`: extra training examples per shape, each the tokens of a random
+    `view_points`-point subset of its cloud (seeded by `seed`; validation shapes get
+    none). PointFlow and LION train on a fresh subset of a larger cloud every epoch; with
+    only the 1,024 shared points per shape, subsets are the resampling left, and they give
+    the AR several token sequences of one shape instead of one to memorise."""
 
     def __init__(
         self,
@@ -233,14 +238,23 @@ class PointTokenSource(TokenDataModule):
         n_points: int = 1024,
         n_synthetic: int = 100,
         splits: tuple[str, str] = ("train", "val"),
+        views: int = 0,
+        view_points: int = 512,
         **kwargs,
     ):
         kwargs.setdefault("val_fraction", 0.0)
         kwargs.setdefault("test_fraction", 0.0)
         super().__init__(**kwargs)
+        if views < 0:
+            raise ValueError(f"views must be >= 0, got {views}")
+        if views and (view_points < 1 or n_points % view_points):
+            raise ValueError(
+                f"view_points must divide n_points ({n_points}), got {view_points}"
+            )
         self.source, self.classes = source, tuple(classes) if classes else None
         self.n_points, self.n_synthetic = n_points, n_synthetic
         self.source_splits = tuple(splits)
+        self.views, self.view_points = views, view_points
 
     def build(self) -> list[dict]:
         examples = []
@@ -252,7 +266,23 @@ class PointTokenSource(TokenDataModule):
                 {"x": torch.from_numpy(p), "label": int(k), "split": role}
                 for p, k in zip(ps.points, ps.labels)
             ]
+            if role == "train":
+                examples += self._views(ps)
         return examples
+
+    def _views(self, ps: PointSet) -> list[dict]:
+        """`views` random subsets per shape, each tiled to n_points: the encoder is a
+        per-point map under attention pooling, so a set with every point repeated r times
+        encodes exactly as the set itself does (tested), and the batch keeps one size."""
+        g = torch.Generator().manual_seed(self.seed)
+        reps = self.n_points // self.view_points
+        out = []
+        for p, k in zip(ps.points, ps.labels):
+            cloud = torch.from_numpy(p)
+            for _ in range(self.views):
+                keep = torch.randperm(len(cloud), generator=g)[: self.view_points]
+                out.append({"x": cloud[keep].repeat(reps, 1), "label": int(k), "split": "train"})
+        return out
 
     def collate(self, examples) -> dict:
         batch = super().collate(examples)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from domains.points.data import (
     PointCloudDataModule,
@@ -82,3 +83,24 @@ def test_token_source_trains_on_the_splits_it_is_given():
     dm = PointTokenSource("synthetic", n_points=32, n_synthetic=2, splits=("fit", "select"))
     dm.setup("fit")
     assert {k: len(v) for k, v in dm.splits.items() if v} == {"train": 10, "val": 10}
+
+
+def test_token_source_views_are_seeded_subsets_of_training_shapes_only():
+    from domains.points.data import PointTokenSource
+
+    def build(**kw):
+        dm = PointTokenSource("synthetic", n_points=32, n_synthetic=2, classes=["sphere"], **kw)
+        dm.setup("fit")
+        return dm.splits
+
+    plain, a, b = build(), build(views=3, view_points=8), build(views=3, view_points=8)
+    assert (len(plain["train"]), len(a["train"]), len(a["val"])) == (2, 2 + 6, 2)
+    for e, f in zip(a["train"], b["train"]):
+        assert torch.equal(e["x"], f["x"])  # seeded
+    cloud, view = a["train"][0]["x"], a["train"][2]["x"]
+    assert view.shape == cloud.shape
+    assert torch.equal(view[:8], view[8:16])  # one 8-point subset, tiled
+    rows = {tuple(r) for r in cloud.tolist()}
+    assert all(tuple(r) in rows for r in view.tolist()) and len({tuple(r) for r in view.tolist()}) == 8
+    with pytest.raises(ValueError, match="view_points must divide"):
+        build(views=1, view_points=7)

@@ -130,3 +130,15 @@ def test_evaluation_pipeline_reports_model_and_references(trained):
     assert alone == {"model": m["model"]}  # the same figures, without the references
     per_level = reconstruction_by_level(tok, dm.sets["val"])
     assert len(per_level) == 3 and all(v > 0 for v in per_level)
+
+
+def test_a_tiled_subset_encodes_as_the_subset_itself(trained):
+    """PointTokenSource's views rely on it: repeating every point r times leaves the
+    encoder's features unchanged (per-point map, attention pooling)."""
+    tok, _, _, x, _ = trained
+    subset = x[:, :32]
+    a = tok.features(subset)
+    b = tok.features(subset.repeat(1, 4, 1))
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
+    assert torch.equal(tok.encode(subset), tok.encode(subset.repeat(1, 4, 1)))
