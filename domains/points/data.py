@@ -248,9 +248,7 @@ class PointTokenSource(TokenDataModule):
         if views < 0:
             raise ValueError(f"views must be >= 0, got {views}")
         if views and (view_points < 1 or n_points % view_points):
-            raise ValueError(
-                f"view_points must divide n_points ({n_points}), got {view_points}"
-            )
+            raise ValueError(f"view_points must divide n_points ({n_points}), got {view_points}")
         self.source, self.classes = source, tuple(classes) if classes else None
         self.n_points, self.n_synthetic = n_points, n_synthetic
         self.source_splits = tuple(splits)

@@ -101,6 +101,8 @@ def test_token_source_views_are_seeded_subsets_of_training_shapes_only():
     assert view.shape == cloud.shape
     assert torch.equal(view[:8], view[8:16])  # one 8-point subset, tiled
     rows = {tuple(r) for r in cloud.tolist()}
-    assert all(tuple(r) in rows for r in view.tolist()) and len({tuple(r) for r in view.tolist()}) == 8
+    assert (
+        all(tuple(r) in rows for r in view.tolist()) and len({tuple(r) for r in view.tolist()}) == 8
+    )
     with pytest.raises(ValueError, match="view_points must divide"):
         build(views=1, view_points=7)
