@@ -223,8 +223,9 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
         p,
         "--compile",
         action="store_true",
-        help="torch.compile the backbone for decoding (the first batch pays the compile, "
-        "tens of seconds on a CPU; worth it for many samples, see README)",
+        help="torch.compile decoding: a transformer's one-token step with static shapes (one "
+        "graph per batch size), else the backbone; the first batch pays the compile (seconds "
+        "on a CPU; worth it for many samples, see README)",
     )
 
 

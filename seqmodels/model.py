@@ -162,6 +162,18 @@ class SeqModel(nn.Module):
         drop_cond (B,) bool: rows that take the null condition (guidance, cond dropout)."""
         return self.head(self.hidden(ids, x, cond, mask, blank, cache, drop_cond))
 
+    def has_decode_step(self) -> bool:
+        """Whether `decode_step` applies: token inputs, no scale embeddings (they depend on
+        the position), and a backbone with a static step (the transformer)."""
+        c = self.config
+        return not c.d_input and not c.scale_sizes and hasattr(self.backbone, "decode_step")
+
+    def decode_step(self, ids: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
+        """fp32 logits (B, V) of one new token per row (ids (B, 1)) at cache position `pos`
+        (a 0-d long tensor), after a prefill through `forward`; static shapes for
+        `torch.compile` (see `Transformer.decode_step`). Does not advance cache.pos."""
+        return self.head(self.backbone.decode_step(self.embed(ids), pos, cache))[:, -1].float()
+
     def new_cache(self, batch: int):
         """A decoding cache for `batch` rows, or None when the backbone has none."""
         if not getattr(self.backbone, "supports_cache", False):

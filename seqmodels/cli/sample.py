@@ -60,11 +60,9 @@ def _load_for_sampling(args: argparse.Namespace):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     if getattr(args, "compile", False):
-        from seqmodels.backbones import compile_backbones
+        from seqmodels.sampling import compile_decoding
 
-        # dynamic shapes: one graph serves every KV-cache length (static shapes would
-        # recompile at each new position)
-        compile_backbones(model, dynamic=True)
+        compile_decoding(model)
     vocab = getattr(model, "vocab", None)
     if vocab is None:
         raise CLIError(f"{args.ckpt}: the checkpoint stores no vocabulary; cannot sample tokens")
