@@ -101,6 +101,7 @@ def _generate_batch(
     rows = 2 * B if guided else B
     cache = model.new_cache(rows) if use_cache else None
     step = getattr(getattr(model, "model", model), "compiled_step", None) if cache else None
+    step = step if rows <= STEP_ROWS else None
     step_input = ids
     n = 0
     for t in range(T0, T0 + max_new):
@@ -110,6 +111,9 @@ def _generate_batch(
         if step is not None and cache.pos:  # one token per row after the prefill
             logits = step(inp, torch.tensor(cache.pos, device=inp.device), cache)
             cache.pos += 1
+        elif step is not None:  # the prefill: one call, not worth the backbone's compile
+            with torch.compiler.set_stance("force_eager"):
+                logits = model(ids=inp, cache=cache, **kw)[:, -1]
         else:
             logits = model(ids=inp, cache=cache, **kw)[:, -1]
         logits = _combine(logits, guidance) if guided else logits.float()
@@ -126,13 +130,23 @@ def _generate_batch(
     return buf[:, T0 : T0 + n]
 
 
+# Up to this many rows (samples, twice that under guidance) `generate` decodes through the
+# compiled static step, above it through the backbone compiled for dynamic shapes. On an
+# AMX Xeon, 1 thread, 256 tokens: the step is 1.22x the backbone graph at 1 row, 1.11x at
+# 2, 1.06x at 4, 0.93x at 8, 0.88x at 16 and 0.59x at 64 (it reads the whole cache).
+STEP_ROWS = 4
+
+
 def compile_decoding(model: torch.nn.Module) -> str:
-    """`generate --compile`, in place. Where the model has a static decoding step (a
+    """`generate --compile`, in place. The backbones are compiled with dynamic shapes (one
+    graph for every cache length). Where the model also has a static decoding step (a
     transformer over tokens: `SeqModel.decode_step`), that step is compiled with static
-    shapes and `generate` uses it for every token after the prompt ("step"): one graph for
-    every position, recompiled only for a new batch size. Otherwise the backbones are
-    compiled with dynamic shapes ("backbone": one graph for every cache length)."""
+    shapes, and batches of up to `STEP_ROWS` rows decode every token after the prompt
+    through it: one graph for every position, recompiled for a new batch size. Returns
+    "step" or "backbone" (no static step)."""
     from .backbones import compile_backbones
+
+    compile_backbones(model, dynamic=True)
 
     inner = getattr(model, "model", model)  # a SeqLM holds its SeqModel as .model
     if getattr(inner, "has_decode_step", lambda: False)():
@@ -145,7 +159,6 @@ def compile_decoding(model: torch.nn.Module) -> str:
                 inner.decode_step, fullgraph=True, dynamic=False, options=options
             )
         return "step"
-    compile_backbones(model, dynamic=True)
     return "backbone"
 
 
