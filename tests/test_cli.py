@@ -98,6 +98,15 @@ def test_generate_writes_text_and_jsonl_reproducibly(trained, tmp_path):
     assert {r["sample"] for r in records} == set(range(6))
 
 
+def test_generate_compile_samples_what_eager_samples(trained, tmp_path):
+    """`generate --compile` from the command line: 2 rows take the compiled static step."""
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    base = ["generate", "--ckpt", ckpt, "--n", "2", "--max-new-tokens", "10", "--seed", "1"]
+    assert cli.main([*base, "--out", str(tmp_path / "eager.txt")]) == 0
+    assert cli.main([*base, "--compile", "--out", str(tmp_path / "compiled.txt")]) == 0
+    assert (tmp_path / "compiled.txt").read_text() == (tmp_path / "eager.txt").read_text()
+
+
 def test_generate_with_the_grammar_processor_gives_only_valid_words(trained, tmp_path):
     out = tmp_path / "s.txt"
     argv = ["generate", "--ckpt", str(trained / "checkpoints" / "last.ckpt"), "--n", "24"]
